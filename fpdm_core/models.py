@@ -1,0 +1,354 @@
+"""DiT and Fixed Point Diffusion Models (FPDM).
+
+Blocks first, then the two models, then a registry of size presets. A model is built
+from a `ModelConfig`; `build_model("FPDM-XL/2")` builds a preset. FPDM splits DiT's
+depth into `pre_depth` explicit blocks, ONE weight-tied block solved as a fixed point,
+and `post_depth` explicit blocks. The model keeps no state between calls: the previous
+fixed point (solution reuse) goes in as `z0` and comes out in the result.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .solvers import SolverStats, solve
+
+
+# ----------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model (stored as JSON next to the weights)."""
+
+    kind: str = "fpdm"  # "fpdm" or "dit"
+    input_size: int = 28
+    in_channels: int = 1
+    patch_size: int = 4
+    hidden_size: int = 192
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    num_classes: int = 10  # 0 = unconditional (only the null class exists)
+    class_dropout: float = 0.1
+    learn_sigma: bool = False
+    depth: int = 8  # DiT only
+    pre_depth: int = 1  # FPDM only
+    post_depth: int = 1  # FPDM only
+    timestep_cond_pre_post: bool = False  # FPDM: pre/post blocks see t_emb + y_emb (else y_emb)
+
+    def __post_init__(self):
+        if self.kind not in ("fpdm", "dit"):
+            raise ValueError(f"kind must be 'fpdm' or 'dit', got {self.kind!r}")
+        if self.input_size % self.patch_size:
+            raise ValueError(f"input_size {self.input_size} is not divisible by patch_size {self.patch_size}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if min(self.depth, self.pre_depth, self.post_depth, self.num_classes) < 0:
+            raise ValueError("depths and num_classes must be >= 0")
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels * 2 if self.learn_sigma else self.in_channels
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.input_size // self.patch_size) ** 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------- layers
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+def sincos_pos_embed_2d(dim: int, grid: int) -> np.ndarray:
+    """Fixed 2-D sin-cos positions, (grid*grid, dim), as in MAE/DiT."""
+    coords = np.stack(np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64)), 0)
+    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4.0))  # (D/4,)
+
+    def embed_1d(pos):  # (M,) -> (M, D/2)
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    return np.concatenate([embed_1d(coords[0]), embed_1d(coords[1])], axis=1)  # (M, D)
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch_size: int, in_channels: int, hidden_size: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, hidden_size, patch_size, stride=patch_size)
+
+    def forward(self, x):  # (B, C, H, W) -> (B, N, D)
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal frequencies -> MLP with SiLU."""
+
+    def __init__(self, hidden_size: int, freq_size: int = 256):
+        super().__init__()
+        self.freq_size = freq_size
+        self.mlp = nn.Sequential(nn.Linear(freq_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:  # (B,) -> (B, D)
+        half = self.freq_size // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        args = t.float()[:, None] * freqs[None]  # (B, half)
+        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, freq_size)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+
+
+class LabelEmbedder(nn.Module):
+    """Class table with one extra 'null' row (index num_classes) for classifier-free guidance."""
+
+    def __init__(self, num_classes: int, hidden_size: int, dropout: float):
+        super().__init__()
+        self.num_classes, self.dropout = num_classes, dropout
+        self.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
+
+    def forward(self, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.training and self.dropout > 0:
+            drop = torch.rand(y.shape, generator=generator, device="cpu").to(y.device) < self.dropout
+            y = torch.where(drop, torch.full_like(y, self.num_classes), y)
+        return self.embedding_table(y)  # (B, D)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):  # (B, N, D)
+        B, N, D = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)  # (3, B, H, N, d)
+        x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, H, N, d)
+        return self.proj(x.transpose(1, 2).reshape(B, N, D))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero transformer block."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(self, x, c):  # x (B, N, D), c (B, D)
+        s_msa, sc_msa, g_msa, s_mlp, sc_mlp, g_mlp = self.adaLN_modulation(c).chunk(6, dim=1)  # 6 x (B, D)
+        x = x + g_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), s_msa, sc_msa))
+        return x + g_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), s_mlp, sc_mlp))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int, patch_size: int, out_channels: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+
+    def forward(self, x, c):  # (B, N, D) -> (B, N, p*p*C)
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+# ----------------------------------------------------------------------------- models
+class DiffusionTransformer(nn.Module):
+    """Shared DiT skeleton: embeddings, final layer, unpatchify, input checks and init."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.x_embedder = PatchEmbed(c.patch_size, c.in_channels, c.hidden_size)
+        self.t_embedder = TimestepEmbedder(c.hidden_size)
+        self.y_embedder = LabelEmbedder(c.num_classes, c.hidden_size, c.class_dropout)
+        grid = c.input_size // c.patch_size
+        self.register_buffer("pos_embed", torch.from_numpy(sincos_pos_embed_2d(c.hidden_size, grid)).float()[None])
+        self.final_layer = FinalLayer(c.hidden_size, c.patch_size, c.out_channels)
+
+    def _init_weights(self):
+        def xavier(m):
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+        self.apply(xavier)
+        w = self.x_embedder.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.proj.bias)
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        for m in self.modules():
+            if isinstance(m, (DiTBlock, FinalLayer)):
+                nn.init.zeros_(m.adaLN_modulation[-1].weight)
+                nn.init.zeros_(m.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor):
+        c = self.config
+        want = (c.in_channels, c.input_size, c.input_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != want:
+            raise ValueError(f"expected images of shape (B, {', '.join(map(str, want))}), got {tuple(x.shape)}")
+        if t.shape != (x.shape[0],) or y.shape != (x.shape[0],):
+            raise ValueError(f"t and y must have shape ({x.shape[0]},), got {tuple(t.shape)} and {tuple(y.shape)}")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) > c.num_classes):
+            raise ValueError(
+                f"class ids must be in 0..{c.num_classes - 1} (or {c.num_classes} for the null class), "
+                f"got {y.min().item()}..{y.max().item()}"
+            )
+
+    def embed(self, x, t, y, generator=None):
+        """Tokens (B, N, D), timestep embedding (B, D) and class embedding (B, D)."""
+        self.check_inputs(x, t, y)
+        h = self.x_embedder(x) + self.pos_embed  # (B, N, D)
+        return h, self.t_embedder(t), self.y_embedder(y, generator)
+
+    def unpatchify(self, x):  # (B, N, p*p*C) -> (B, C, H, W)
+        c = self.config
+        p, g, C = c.patch_size, c.input_size // c.patch_size, c.out_channels
+        x = x.reshape(x.shape[0], g, g, p, p, C)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], C, g * p, g * p)
+
+
+class DiT(DiffusionTransformer):
+    """The explicit baseline: `depth` adaLN-Zero blocks."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.blocks = nn.ModuleList(DiTBlock(config.hidden_size, config.num_heads, config.mlp_ratio) for _ in range(config.depth))
+        self._init_weights()
+
+    def forward(self, x, t, y, generator=None):  # (B, C, H, W) -> (B, C_out, H, W)
+        h, t_emb, y_emb = self.embed(x, t, y, generator)
+        c = t_emb + y_emb  # (B, D)
+        for block in self.blocks:
+            h = block(h, c)
+        return self.unpatchify(self.final_layer(h, c))
+
+
+class Encoded(NamedTuple):
+    """What FPDM computes once per forward pass, before the fixed-point solve."""
+
+    x_pre: torch.Tensor  # (B, N, D) output of the pre blocks
+    inj: torch.Tensor  # (B, N, D) input injection
+    c_fp: torch.Tensor  # (B, D) conditioning of the fixed-point block
+    c_io: torch.Tensor  # (B, D) conditioning of pre/post blocks and the final layer
+
+
+class FPDMOutput(NamedTuple):
+    out: torch.Tensor  # (B, C_out, H, W)
+    z: torch.Tensor  # (B, N, D) fixed-point solution (pass as z0 next step to reuse it)
+    stats: SolverStats
+
+
+class FPDM(DiffusionTransformer):
+    """Fixed Point Diffusion Model: pre blocks -> weight-tied fixed-point block -> post blocks."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        D, H, r = config.hidden_size, config.num_heads, config.mlp_ratio
+        self.blocks_pre = nn.ModuleList(DiTBlock(D, H, r) for _ in range(config.pre_depth))
+        self.block_pre_projection = nn.Linear(D, D)  # input injection
+        self.block_fixed_point_projection_fc1 = nn.Linear(2 * D, 2 * D)
+        self.block_fixed_point_projection_fc2 = nn.Linear(2 * D, D)
+        self.block_fixed_point = DiTBlock(D, H, r)
+        self.blocks_post = nn.ModuleList(DiTBlock(D, H, r) for _ in range(config.post_depth))
+        self._init_weights()
+
+    def encode(self, x, t, y, generator=None) -> Encoded:
+        h, t_emb, y_emb = self.embed(x, t, y, generator)
+        c_fp = t_emb + y_emb  # (B, D)
+        c_io = c_fp if self.config.timestep_cond_pre_post else y_emb
+        for block in self.blocks_pre:
+            h = block(h, c_io)
+        return Encoded(h, self.block_pre_projection(h), c_fp, c_io)
+
+    def fixed_point_map(self, z, inj, c_fp):
+        """f(z) = Block(fc2(GELU(fc1([z ; inj]))), c); (B, N, D) -> (B, N, D)."""
+        u = self.block_fixed_point_projection_fc1(torch.cat([z, inj], dim=-1))  # (B, N, 2D)
+        u = self.block_fixed_point_projection_fc2(F.gelu(u, approximate="tanh"))  # (B, N, D)
+        return self.block_fixed_point(u, c_fp)
+
+    def decode(self, z, c_io):  # (B, N, D) -> (B, C_out, H, W)
+        for block in self.blocks_post:
+            z = block(z, c_io)
+        return self.unpatchify(self.final_layer(z, c_io))
+
+    def forward(self, x, t, y, *, z0=None, max_iter: int = 12, generator=None, **solver_kwargs) -> FPDMOutput:
+        """Denoiser output via the solver (`solvers.solve` options pass through).
+
+        z0: initial iterate (B, N, D), e.g. the previous timestep's solution; None starts at x_pre.
+        """
+        enc = self.encode(x, t, y, generator)
+        if z0 is None:
+            z0 = enc.x_pre.detach()
+        elif z0.shape != enc.x_pre.shape:
+            raise ValueError(f"z0 must have shape {tuple(enc.x_pre.shape)}, got {tuple(z0.shape)}")
+        z, stats = solve(lambda z: self.fixed_point_map(z, enc.inj, enc.c_fp), z0, max_iter=max_iter, **solver_kwargs)
+        return FPDMOutput(self.decode(z, enc.c_io), z, stats)
+
+
+# ----------------------------------------------------------------------------- registry
+_XL = dict(input_size=32, in_channels=4, patch_size=2, hidden_size=1152, num_heads=16, num_classes=1000, learn_sigma=True)
+_FM = dict(input_size=28, in_channels=1, patch_size=4, num_classes=10)
+
+PRESETS: dict[str, ModelConfig] = {
+    # CI-sized: a forward pass in milliseconds
+    "DiT-tiny": ModelConfig(kind="dit", **_FM, hidden_size=32, num_heads=2, depth=4),
+    "FPDM-tiny": ModelConfig(kind="fpdm", **_FM, hidden_size=32, num_heads=2, pre_depth=1, post_depth=1),
+    # Fashion-MNIST sizes that train on a 2-core CPU (49 tokens of 4x4 pixels)
+    "DiT-FM-S": ModelConfig(kind="dit", **_FM, hidden_size=128, num_heads=4, depth=8),
+    "FPDM-FM-S": ModelConfig(kind="fpdm", **_FM, hidden_size=128, num_heads=4, pre_depth=1, post_depth=1),
+    "DiT-FM-M": ModelConfig(kind="dit", **_FM, hidden_size=192, num_heads=4, depth=8),
+    "FPDM-FM-M": ModelConfig(kind="fpdm", **_FM, hidden_size=192, num_heads=4, pre_depth=1, post_depth=1),
+    # the paper's ImageNet 256 px latent setting
+    "DiT-XL/2": ModelConfig(kind="dit", **_XL, depth=28),
+    "FPDM-XL/2": ModelConfig(kind="fpdm", **_XL, pre_depth=1, post_depth=1),
+}
+
+
+def build_model(config: ModelConfig | str, **overrides) -> DiT | FPDM:
+    """Build a model from a config or a preset name; keyword overrides replace config fields."""
+    if isinstance(config, str):
+        if config not in PRESETS:
+            raise ValueError(f"unknown preset {config!r}; choose one of {sorted(PRESETS)}")
+        config = PRESETS[config]
+    config = replace(config, **overrides)
+    return (FPDM if config.kind == "fpdm" else DiT)(config)
+
+
+def count_parameters(config: ModelConfig | str, **overrides) -> int:
+    """Number of parameters, counted on the meta device (no weights allocated)."""
+    with torch.device("meta"):
+        model = build_model(config, **overrides)
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,318 @@
+"""Training: FPDM with Stochastic Jacobian-Free Backpropagation (S-JFB), JFB or full backprop; DiT baseline.
+
+`python -m fpdm_core.train --help` lists the flags. A run folder holds `checkpoint.safetensors`
+(weights, EMA, optimizer, RNG), `metrics.jsonl`, sample grids and residual plots. `--resume`
+continues a run exactly where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.checkpoint import checkpoint as recompute
+from tqdm.auto import tqdm
+
+from .checkpoints import CheckpointError, load_checkpoint, restore_training, save_checkpoint
+from .data import DATASETS, load_dataset
+from .devices import PRECISIONS, autocast, pick_device, resolve_precision
+from .diffusion import GaussianDiffusion
+from .models import FPDM, PRESETS, build_model
+
+METHODS = ("sjfb", "jfb", "full")
+CHECKPOINT_NAME = "checkpoint.safetensors"
+
+
+@dataclass
+class TrainConfig:
+    model: str = "FPDM-FM-S"
+    timestep_cond_pre_post: bool = False
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    subset: int | None = None  # train on the first N images only
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    method: str = "sjfb"  # FPDM only: sjfb | jfb | full
+    no_grad_iters: tuple[int, int] = (0, 10)  # n_ng ~ U{a..b}
+    grad_iters: tuple[int, int] = (1, 12)  # n_g ~ U{c..d}
+    recompute: bool = False  # recompute each gradient iteration in backward (memory flat in n_g)
+    precision: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    log_every: int = 50
+    sample_every: int = 1000
+    save_every: int = 500
+
+    def __post_init__(self):
+        if self.model not in PRESETS:
+            raise ValueError(f"unknown model preset {self.model!r}; choose one of {sorted(PRESETS)}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown training method {self.method!r}; choose one of {METHODS}")
+        for name in ("no_grad_iters", "grad_iters"):
+            lo, hi = getattr(self, name)
+            if lo > hi or lo < (1 if name == "grad_iters" else 0):
+                raise ValueError(f"{name} must be a range lo <= hi with lo >= {1 if name == 'grad_iters' else 0}, got {(lo, hi)}")
+        if self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("batch_size must be >= 1 and lr > 0")
+        if self.max_steps is None and self.max_minutes is None:
+            raise ValueError("give --max-steps or --max-minutes (or both)")
+
+
+def draw_iterations(cfg: TrainConfig, generator: torch.Generator) -> tuple[int, int]:
+    """(n_no_grad, n_grad) for one batch, drawn from `generator` (one draw shared by the batch)."""
+    n_ng = int(torch.randint(cfg.no_grad_iters[0], cfg.no_grad_iters[1] + 1, (1,), generator=generator))
+    n_g = int(torch.randint(cfg.grad_iters[0], cfg.grad_iters[1] + 1, (1,), generator=generator))
+    if cfg.method == "jfb":
+        return n_ng, 1
+    if cfg.method == "full":
+        return 0, n_ng + n_g
+    return n_ng, n_g
+
+
+def fpdm_train_forward(model: FPDM, x_t, t, y, n_no_grad: int, n_grad: int, *, recompute_iters: bool = False,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """S-JFB forward: n_no_grad iterations without a graph from x_pre, then n_grad with one.
+
+    The initial iterate is detached, so the pre blocks get gradient only through the injection.
+    """
+    enc = model.encode(x_t, t, y, generator)
+    z = enc.x_pre.detach()  # (B, N, D)
+    if n_no_grad:
+        with torch.no_grad():
+            inj, c = enc.inj.detach(), enc.c_fp.detach()
+            for _ in range(n_no_grad):
+                z = model.fixed_point_map(z, inj, c)
+    for _ in range(n_grad):
+        if recompute_iters:
+            z = recompute(model.fixed_point_map, z, enc.inj, enc.c_fp, use_reentrant=False)
+        else:
+            z = model.fixed_point_map(z, enc.inj, enc.c_fp)
+    return model.decode(z, enc.c_io)
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    e, m = list(ema.parameters()), list(model.parameters())
+    torch._foreach_lerp_(e, m, 1 - decay)
+
+
+class Trainer:
+    """One training run: data, model, EMA, AdamW, generators; `step()` does one batch."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path | None = None):
+        self.cfg, self.run_dir = cfg, Path(run_dir) if run_dir else None
+        self.device = pick_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.x, self.y = load_dataset(cfg.dataset, data_dir=cfg.data_dir)
+        if cfg.subset:
+            self.x, self.y = self.x[: cfg.subset], self.y[: cfg.subset]
+        torch.manual_seed(cfg.seed)  # weight init only; every later draw uses self.gen
+        self.model = build_model(cfg.model, timestep_cond_pre_post=cfg.timestep_cond_pre_post,
+                                 input_size=self.x.shape[-1], in_channels=self.x.shape[1],
+                                 num_classes=max(PRESETS[cfg.model].num_classes, int(self.y.max()) + 1)).to(self.device)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.diffusion = GaussianDiffusion().to(self.device)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.step_count = 0
+        self.batches_per_epoch = max(1, len(self.x) // cfg.batch_size)
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch `step_count` of a per-epoch permutation seeded by (seed, epoch): resumable from the step alone."""
+        epoch, i = divmod(self.step_count, self.batches_per_epoch)
+        perm = torch.randperm(len(self.x), generator=torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch))
+        idx = perm[i * self.cfg.batch_size: (i + 1) * self.cfg.batch_size]
+        return self.x[idx].to(self.device), self.y[idx].to(self.device)
+
+    def loss(self, x0, y) -> tuple[torch.Tensor, dict]:
+        B = x0.shape[0]
+        t = self.diffusion.sample_t(B, generator=self.gen).to(self.device)
+        noise = torch.randn(x0.shape, generator=self.gen).to(self.device)  # (B, C, H, W)
+        info = {}
+        if isinstance(self.model, FPDM):
+            n_ng, n_g = draw_iterations(self.cfg, self.gen)
+            info = {"n_no_grad": n_ng, "n_grad": n_g}
+            label_gen = self.gen
+
+            def model_fn(x_t, tt):
+                return fpdm_train_forward(self.model, x_t, tt, y, n_ng, n_g,
+                                          recompute_iters=self.cfg.recompute, generator=label_gen)
+        else:
+            def model_fn(x_t, tt):
+                return self.model(x_t, tt, y, generator=self.gen)
+        with autocast(self.device, self.precision):
+            loss, _ = self.diffusion.training_loss(model_fn, x0, t, noise)
+        return loss.float(), info
+
+    def step(self) -> dict:
+        cfg = self.cfg
+        self.model.train()
+        x0, y = self.batch()
+        lr = cfg.lr * min(1.0, (self.step_count + 1) / max(1, cfg.warmup_steps))
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        loss, info = self.loss(x0, y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {self.step_count}: lower --lr, raise --warmup-steps "
+                                     f"or use --precision fp32; the last checkpoint is untouched")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        ema_update(self.ema, self.model, cfg.ema_decay)
+        self.step_count += 1
+        return {"step": self.step_count, "loss": loss.item(), "grad_norm": float(grad_norm), "lr": lr, **info}
+
+    # ---------------------------------------------------------------- persistence
+    def save(self, path: str | Path, elapsed_s: float = 0.0) -> None:
+        meta = {"train": asdict(self.cfg), "step": self.step_count, "elapsed_s": elapsed_s,
+                "data": {"dataset": self.cfg.dataset, "num_images": len(self.x), "seed": self.cfg.seed},
+                "torch": torch.__version__, "precision": self.precision}
+        save_checkpoint(path, model=self.model, ema=self.ema, optimizer=self.opt, meta=meta,
+                        rng={"train": self.gen.get_state()})
+
+    def resume(self, path: str | Path) -> float:
+        """Restore everything from a checkpoint; return the wall time already spent."""
+        ckpt = load_checkpoint(path)
+        saved = TrainConfig(**{**ckpt.meta["train"], "no_grad_iters": tuple(ckpt.meta["train"]["no_grad_iters"]),
+                               "grad_iters": tuple(ckpt.meta["train"]["grad_iters"])})
+        for key in ("model", "dataset", "batch_size", "method", "seed", "subset", "timestep_cond_pre_post"):
+            if getattr(saved, key) != getattr(self.cfg, key):
+                raise CheckpointError(f"cannot resume: {key} is {getattr(self.cfg, key)!r} but the checkpoint used "
+                                      f"{getattr(saved, key)!r}")
+        rng = restore_training(ckpt, self.model, self.ema, self.opt)
+        self.gen.set_state(rng["train"])
+        self.step_count = ckpt.meta["step"]
+        return float(ckpt.meta.get("elapsed_s", 0.0))
+
+
+def write_samples(trainer: Trainer, out_dir: Path, tag: str) -> None:
+    """A grid of EMA samples (one column per class) and a residual plot for FPDM."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from .plots import residual_curves, save_grid
+    from .sampling import SamplerConfig, sample
+
+    nc = trainer.ema.config.num_classes or 1
+    labels = torch.arange(nc).repeat(2) if trainer.ema.config.num_classes else torch.zeros(16, dtype=torch.long)
+    images, record = sample(trainer.ema, trainer.diffusion, labels, SamplerConfig(steps=20, iterations=6),
+                            generator=torch.Generator().manual_seed(0), device=trainer.device)
+    save_grid(images, out_dir / f"samples_{tag}.png", nrow=nc)
+    if record.kind == "fpdm":
+        fig = residual_curves(record)
+        fig.savefig(out_dir / f"residuals_{tag}.png", dpi=100)
+        matplotlib.pyplot.close(fig)
+
+
+def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> Trainer:
+    """Train until max_steps or max_minutes, logging to run_dir; returns the trainer."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(cfg, run_dir)
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    elapsed = 0.0
+    if resume:
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+        elapsed = trainer.resume(ckpt_path)
+    elif ckpt_path.exists():
+        raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --run-dir")
+    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    max_steps = cfg.max_steps if cfg.max_steps is not None else sys.maxsize
+    deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
+    start, last_save = time.monotonic(), trainer.step_count
+    bar = tqdm(total=None if max_steps == sys.maxsize else max_steps, initial=trainer.step_count,
+               disable=not progress, desc=cfg.model, dynamic_ncols=True)
+    with open(run_dir / "metrics.jsonl", "a") as log:
+        while trainer.step_count < max_steps and time.monotonic() < deadline:
+            row = trainer.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+            if trainer.step_count % cfg.log_every == 0 or trainer.step_count == 1:
+                row["elapsed_s"] = round(elapsed + time.monotonic() - start, 2)
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+            if trainer.step_count % cfg.save_every == 0:
+                trainer.save(ckpt_path, elapsed + time.monotonic() - start)
+                last_save = trainer.step_count
+            if cfg.sample_every and trainer.step_count % cfg.sample_every == 0:
+                write_samples(trainer, run_dir, f"{trainer.step_count:07d}")
+    bar.close()
+    if trainer.step_count != last_save or not ckpt_path.exists():
+        trainer.save(ckpt_path, elapsed + time.monotonic() - start)
+    return trainer
+
+
+def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
+    d = TrainConfig.__dataclass_fields__
+    p = argparse.ArgumentParser(prog="python -m fpdm_core.train", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--run-dir", required=True, help="folder for checkpoint, metrics and samples")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly where it stopped")
+    p.add_argument("--model", default=d["model"].default, choices=sorted(PRESETS), help="model preset")
+    p.add_argument("--timestep-cond-pre-post", action="store_true", help="FPDM: condition pre/post blocks on t too")
+    p.add_argument("--dataset", default=d["dataset"].default, choices=DATASETS)
+    p.add_argument("--data-dir", default=None, help="dataset folder (Fashion-MNIST IDX files or your image folder)")
+    p.add_argument("--subset", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"].default)
+    p.add_argument("--lr", type=float, default=d["lr"].default, help="AdamW learning rate")
+    p.add_argument("--weight-decay", type=float, default=d["weight_decay"].default)
+    p.add_argument("--warmup-steps", type=int, default=d["warmup_steps"].default, help="linear lr warm-up")
+    p.add_argument("--grad-clip", type=float, default=d["grad_clip"].default, help="max gradient norm")
+    p.add_argument("--ema-decay", type=float, default=d["ema_decay"].default)
+    p.add_argument("--method", default=d["method"].default, choices=METHODS,
+                   help="FPDM gradient: sjfb (stochastic JFB), jfb (n_grad = 1), full (backprop through all iterations)")
+    p.add_argument("--no-grad-iters", type=int, nargs=2, default=d["no_grad_iters"].default, metavar=("A", "B"),
+                   help="n_no_grad ~ U{A..B}")
+    p.add_argument("--grad-iters", type=int, nargs=2, default=d["grad_iters"].default, metavar=("C", "D"),
+                   help="n_grad ~ U{C..D}")
+    p.add_argument("--recompute", action="store_true", help="recompute gradient iterations in backward (less memory)")
+    p.add_argument("--precision", default=d["precision"].default, choices=PRECISIONS,
+                   help="auto = bf16 autocast on CUDA and on CPUs with fast bf16")
+    p.add_argument("--device", default=d["device"].default, help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=d["seed"].default)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock limit of this sitting")
+    p.add_argument("--log-every", type=int, default=d["log_every"].default)
+    p.add_argument("--sample-every", type=int, default=d["sample_every"].default, help="0 = never")
+    p.add_argument("--save-every", type=int, default=d["save_every"].default)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    a = p.parse_args(argv)
+    fields = {k: getattr(a, k) for k in d if hasattr(a, k)}
+    fields["no_grad_iters"], fields["grad_iters"] = tuple(a.no_grad_iters), tuple(a.grad_iters)
+    try:
+        cfg = TrainConfig(**fields)
+    except ValueError as e:
+        p.error(str(e))
+    return cfg, a
+
+
+def main(argv=None) -> int:
+    cfg, a = parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    try:
+        trainer = train(cfg, a.run_dir, resume=a.resume, progress=not a.no_progress)
+    except (FileNotFoundError, FileExistsError, CheckpointError, ValueError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"saved {Path(a.run_dir) / CHECKPOINT_NAME} at step {trainer.step_count}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
