@@ -20,6 +20,8 @@ from safetensors.torch import load_file, save_file
 from .models import DiT, FPDM, ModelConfig, build_model
 
 FORMAT = "fpdm-kit/1"
+CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"  # shipped with the kit
+SHIPPED = {"fpdm": CHECKPOINT_DIR / "fpdm-fm-m.safetensors", "dit": CHECKPOINT_DIR / "dit-fm-m.safetensors"}
 
 
 class CheckpointError(ValueError):
