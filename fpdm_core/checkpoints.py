@@ -147,3 +147,24 @@ def restore_training(ckpt: Checkpoint, model: torch.nn.Module, ema: torch.nn.Mod
     if optimizer is not None:
         optimizer.load_state_dict(_unflatten_optimizer(ckpt.group("optim"), ckpt.meta["optimizer_param_groups"]))
     return ckpt.group("rng")
+
+
+def export_weights(src: str | Path, dst: str | Path, *, dtype: torch.dtype = torch.float16, extra_meta: dict | None = None) -> None:
+    """Write a small release file: the EMA weights of `src` (cast to `dtype`) and its metadata, no optimizer/RNG."""
+    ckpt = load_checkpoint(src)
+    model = load_model(src, weights="ema")
+    meta = {k: v for k, v in ckpt.meta.items() if k not in ("format", "model", "optimizer_param_groups")}
+    meta.update(extra_meta or {}, exported_from=str(src), weights="ema")
+    save_checkpoint(dst, model=model, meta=meta, dtype=dtype)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m fpdm_core.checkpoints", description="Export a training checkpoint's EMA weights.")
+    p.add_argument("src", help="training checkpoint (run folder's checkpoint.safetensors)")
+    p.add_argument("dst", help="release file to write")
+    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    a = p.parse_args()
+    export_weights(a.src, a.dst, dtype=getattr(torch, a.dtype))
+    print(f"wrote {a.dst} ({Path(a.dst).stat().st_size / 1e6:.1f} MB)")
