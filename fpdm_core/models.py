@@ -43,10 +43,14 @@ class ModelConfig:
     def __post_init__(self):
         if self.kind not in ("fpdm", "dit"):
             raise ValueError(f"kind must be 'fpdm' or 'dit', got {self.kind!r}")
+        if min(self.input_size, self.in_channels, self.patch_size, self.hidden_size, self.num_heads) < 1:
+            raise ValueError("input_size, in_channels, patch_size, hidden_size and num_heads must be >= 1")
         if self.input_size % self.patch_size:
             raise ValueError(f"input_size {self.input_size} is not divisible by patch_size {self.patch_size}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.hidden_size % 4:
+            raise ValueError(f"hidden_size {self.hidden_size} must be divisible by 4 (2-D sin-cos positions)")
         if min(self.depth, self.pre_depth, self.post_depth, self.num_classes) < 0:
             raise ValueError("depths and num_classes must be >= 0")
 
