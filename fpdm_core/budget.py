@@ -30,7 +30,8 @@ class CostModel:
         N, D, P = config.num_tokens, config.hidden_size, config.patch_size**2
         hidden = int(D * config.mlp_ratio)
         block = 2 * (N * (4 * D * D + 2 * D * hidden + 2 * N * D) + 6 * D * D)  # qkv+proj, MLP, attention; adaLN
-        overhead = 2 * (N * P * config.in_channels * D + N * D * P * config.out_channels + 2 * D * D + 256 * D)
+        # patch embedding, final linear; t-embedding MLP (256D + D^2) and final adaLN (2D^2) per image
+        overhead = 2 * (N * P * config.in_channels * D + N * D * P * config.out_channels + 3 * D * D + 256 * D)
         if config.kind == "dit":
             return cls("dit", config.depth, block, 0.0, overhead)
         projection = 2 * N * (4 * D * D + 2 * D * D)  # fc1 (2D->2D), fc2 (2D->D)
@@ -82,8 +83,11 @@ def splits_for_budget(cost: CostModel, budget: int) -> list[Split]:
     out = []
     for k in range(1, budget - cost.explicit_blocks + 1):
         steps = budget // cost.step_block_evals(k)
-        if steps and (not out or steps != out[-1].steps):
-            out.append(Split(steps, k, steps * cost.step_block_evals(k)))
+        split = Split(steps, k, steps * cost.step_block_evals(k))
+        if out and steps == out[-1].steps:
+            out[-1] = split  # same step count with more iterations: the budget is used more fully
+        elif steps:
+            out.append(split)
     return out
 
 
