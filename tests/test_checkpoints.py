@@ -1,0 +1,246 @@
+"""safetensors checkpoints: bit-exact round trip, atomic writes, refusal of foreign or damaged files, load_model."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import fpdm_core.checkpoints as ckpt_mod
+from fpdm_core.checkpoints import (FORMAT, CheckpointError, atomic_save, load_checkpoint, load_model, restore_training,
+                                   save_checkpoint)
+from fpdm_core.models import DiT, FPDM, build_model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def perturbed(name="FPDM-tiny", seed=0, **overrides):
+    model = build_model(name, input_size=8, **overrides)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    return model
+
+
+def trained_state(seed=0):
+    """A model, a different EMA, AdamW with filled state after two steps, and a used generator."""
+    model = perturbed(seed=seed)
+    ema = perturbed(seed=seed + 100)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    x, t, y = torch.randn(4, 1, 8, 8), torch.arange(4) * 100, torch.arange(4)
+    for _ in range(2):
+        opt.zero_grad()
+        model(x, t, y, max_iter=2).out.square().mean().backward()
+        opt.step()
+    gen = torch.Generator().manual_seed(seed)
+    torch.rand(5, generator=gen)
+    return model, ema, opt, gen
+
+
+def tmp_files(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+# ----------------------------------------------------------------------------- round trip
+def test_round_trip_is_bit_exact_for_model_ema_optimizer_and_rng(tmp_path):
+    model, ema, opt, gen = trained_state()
+    path = tmp_path / "run" / "ckpt.safetensors"
+    save_checkpoint(path, model=model, ema=ema, optimizer=opt, rng={"train": gen.get_state()},
+                    meta={"step": 2, "note": "hello"})
+    ckpt = load_checkpoint(path)
+    assert ckpt.meta["step"] == 2 and ckpt.meta["note"] == "hello" and ckpt.meta["format"] == FORMAT
+    assert ckpt.model_config == model.config
+
+    model2, ema2 = build_model(model.config), build_model(model.config)
+    opt2 = torch.optim.AdamW(model2.parameters(), lr=5.0)
+    rng = restore_training(ckpt, model2, ema2, opt2)
+    for a, b in ((model, model2), (ema, ema2)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    s1, s2 = opt.state_dict(), opt2.state_dict()
+    assert s1["state"].keys() == s2["state"].keys()
+    for idx in s1["state"]:
+        for key, value in s1["state"][idx].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(s2["state"][idx][key])), (idx, key)
+    normalise = lambda groups: json.loads(json.dumps(groups))  # tuples (betas) become lists
+    assert normalise(s1["param_groups"]) == normalise(s2["param_groups"])
+    gen2 = torch.Generator()
+    gen2.set_state(rng["train"])
+    assert torch.equal(gen2.get_state(), gen.get_state())
+    assert torch.equal(torch.rand(8, generator=gen), torch.rand(8, generator=gen2))
+
+    # functional check: one more identical step keeps the two runs bit-identical
+    x, t, y = torch.randn(4, 1, 8, 8), torch.arange(4) * 10, torch.arange(4)
+    for m, o in ((model, opt), (model2, opt2)):
+        o.zero_grad()
+        m(x, t, y, max_iter=2).out.square().mean().backward()
+        o.step()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), model2.parameters()))
+
+
+def test_weights_only_checkpoint_and_float16_cast(tmp_path):
+    model = perturbed("DiT-tiny")
+    path = tmp_path / "small.safetensors"
+    save_checkpoint(path, model=model, dtype=torch.float16)
+    ckpt = load_checkpoint(path)
+    assert all(v.dtype == torch.float16 for v in ckpt.group("model").values())
+    assert ckpt.group("ema") == {} and ckpt.group("optim") == {}
+    loaded = load_model(path)  # no EMA stored: falls back to the model weights, in float32
+    for (k, v), w in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert w.dtype == torch.float32 and torch.equal(w, v.half().float()), k
+
+
+# ----------------------------------------------------------------------------- atomic writes
+def _fail_mid_write(tensors, filename, metadata=None):
+    with open(filename, "wb") as f:
+        f.write(b"\x00" * 100)  # some bytes reached the disk, then the process "died"
+    raise OSError("disk full")
+
+
+def _fail_rename(src, dst):
+    raise OSError("rename interrupted")
+
+
+@pytest.mark.parametrize("target, replacement", [("save_file", _fail_mid_write), ("os.replace", _fail_rename)])
+def test_interrupted_save_keeps_the_previous_checkpoint_and_leaves_no_temp_file(tmp_path, monkeypatch, target,
+                                                                                 replacement):
+    first, second = perturbed(seed=1), perturbed(seed=2)
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(path, model=first, meta={"step": 1})
+    before = path.read_bytes()
+    if target == "save_file":
+        monkeypatch.setattr(ckpt_mod, "save_file", replacement)
+    else:
+        monkeypatch.setattr(ckpt_mod.os, "replace", replacement)
+    with pytest.raises(OSError):
+        save_checkpoint(path, model=second, meta={"step": 2})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert tmp_files(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.safetensors"]
+    loaded = load_model(path, weights="model")
+    assert load_checkpoint(path).meta["step"] == 1
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), first.state_dict().values()))
+
+
+def test_save_over_an_existing_checkpoint_replaces_it(tmp_path):
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(path, model=perturbed(seed=1), meta={"step": 1})
+    save_checkpoint(path, model=perturbed(seed=2), meta={"step": 2})
+    assert load_checkpoint(path).meta["step"] == 2 and tmp_files(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- refusals
+@pytest.fixture
+def good(tmp_path):
+    path = tmp_path / "good.safetensors"
+    save_checkpoint(path, model=perturbed(), meta={"step": 3})
+    return path
+
+
+def _assert_readable(err: CheckpointError, path):
+    message = str(err)
+    assert str(path) in message and "\n" not in message and len(message) < 400
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.99, 8 / 1e9])
+def test_truncated_file_is_refused(good, tmp_path, keep):
+    raw = good.read_bytes()
+    bad = tmp_path / "truncated.safetensors"
+    bad.write_bytes(raw[: max(1, int(len(raw) * keep))])
+    with pytest.raises(CheckpointError, match="not a readable safetensors checkpoint") as e:
+        load_checkpoint(bad)
+    _assert_readable(e.value, bad)
+    with pytest.raises(CheckpointError):
+        load_model(bad)
+
+
+def test_pickle_renamed_to_safetensors_is_refused(tmp_path):
+    bad = tmp_path / "pickled.safetensors"
+    torch.save({"model": perturbed().state_dict(), "args": {"lr": 1e-4}, "train_steps": 10}, bad)  # authors' layout
+    with pytest.raises(CheckpointError, match="pickle") as e:
+        load_checkpoint(bad)
+    _assert_readable(e.value, bad)
+
+
+def test_safetensors_without_our_metadata_is_refused(tmp_path):
+    bad = tmp_path / "foreign.safetensors"
+    save_file({f"model.{k}": v for k, v in perturbed().state_dict().items()}, bad)
+    with pytest.raises(CheckpointError, match="not an FPDM-kit checkpoint") as e:
+        load_checkpoint(bad)
+    _assert_readable(e.value, bad)
+
+
+@pytest.mark.parametrize("meta, message", [
+    ("{not json", "unreadable metadata"),
+    (json.dumps({"format": FORMAT}), "unreadable metadata"),
+    (json.dumps({"format": FORMAT, "model": {"hidden_size": 33}}), "unreadable metadata"),
+    (json.dumps({"format": "fpdm-kit/99", "model": {}}), "has format 'fpdm-kit/99'"),
+])
+def test_bad_metadata_is_refused(tmp_path, meta, message):
+    bad = tmp_path / "meta.safetensors"
+    atomic_save({"model.x": torch.zeros(1)}, bad, {"fpdm": meta})
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(bad)
+
+
+def test_missing_file_is_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.safetensors")
+
+
+def test_weights_that_do_not_match_the_stored_config_are_refused(tmp_path):
+    model = perturbed()
+    other = build_model("FPDM-tiny", input_size=8, hidden_size=16)
+    bad = tmp_path / "mismatch.safetensors"
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    atomic_save(tensors, bad, {"fpdm": json.dumps({"format": FORMAT, "model": other.config.to_dict()})})
+    with pytest.raises(CheckpointError, match="do not match the stored model config"):
+        load_model(bad)
+    with pytest.raises(CheckpointError, match="no 'ema' weights|no 'nonsense' weights"):
+        load_model(bad, weights="nonsense")
+
+
+# ----------------------------------------------------------------------------- load_model
+@pytest.mark.parametrize("name, overrides, cls", [
+    ("FPDM-tiny", dict(pre_depth=2, post_depth=0, learn_sigma=True, timestep_cond_pre_post=True), FPDM),
+    ("DiT-tiny", dict(depth=2, in_channels=3, num_classes=0), DiT),
+])
+def test_load_model_builds_the_right_class_with_ema_weights_by_default(tmp_path, name, overrides, cls):
+    model = perturbed(name, seed=1, **overrides)
+    ema = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.mul_(0.5)
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, model=model, ema=ema)
+    loaded = load_model(path)
+    assert type(loaded) is cls and loaded.config == model.config and not loaded.training
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), ema.state_dict().values()))
+    raw = load_model(path, weights="model")
+    assert all(torch.equal(a, b) for a, b in zip(raw.state_dict().values(), model.state_dict().values()))
+    c = model.config
+    x = torch.randn(2, c.in_channels, c.input_size, c.input_size)
+    t, y = torch.tensor([3, 700]), torch.tensor([0, 0])
+    with torch.no_grad():
+        want = ema.eval()(x, t, y) if cls is DiT else ema.eval()(x, t, y, max_iter=2).out
+        got = loaded(x, t, y) if cls is DiT else loaded(x, t, y, max_iter=2).out
+    assert torch.equal(got, want)
+
+
+def test_checkpoint_holds_no_pickle(good):
+    """The file is a plain safetensors file: JSON header, no torch.load needed (and none would work)."""
+    raw = good.read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8: 8 + header_len])
+    assert json.loads(header["__metadata__"]["fpdm"])["model"]["kind"] == "fpdm"
+    assert b"\x80\x02" not in raw[:2] and not raw.startswith(b"PK")  # neither a pickle nor a torch zip
