@@ -28,6 +28,8 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte IDX file")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"{path} is truncated: the header of a {ndim}-d IDX file needs {4 + 4 * ndim} bytes, found {len(raw)}")
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
@@ -87,11 +89,11 @@ def load_image_folder(root: str | Path, size: int, channels: int = 3) -> tuple[t
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir())
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))  # no .ipynb_checkpoints
     groups = [(d.name, d) for d in subdirs] or [("all", root)]
     xs, ys = [], []
     for label, (_, folder) in enumerate(groups):
-        for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")):
             img = Image.open(path).convert("L" if channels == 1 else "RGB")
             scale = size / min(img.size)
             img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))), Image.BICUBIC)
