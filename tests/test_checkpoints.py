@@ -24,12 +24,13 @@ def _one_thread():
 
 
 def perturbed(name="FPDM-tiny", seed=0, **overrides):
+    """Eval mode: no label dropout, so forward passes do not touch the global RNG."""
     model = build_model(name, input_size=8, **overrides)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    return model
+    return model.eval()
 
 
 def trained_state(seed=0):
@@ -61,7 +62,7 @@ def test_round_trip_is_bit_exact_for_model_ema_optimizer_and_rng(tmp_path):
     assert ckpt.meta["step"] == 2 and ckpt.meta["note"] == "hello" and ckpt.meta["format"] == FORMAT
     assert ckpt.model_config == model.config
 
-    model2, ema2 = build_model(model.config), build_model(model.config)
+    model2, ema2 = build_model(model.config).eval(), build_model(model.config)
     opt2 = torch.optim.AdamW(model2.parameters(), lr=5.0)
     rng = restore_training(ckpt, model2, ema2, opt2)
     for a, b in ((model, model2), (ema, ema2)):
