@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +58,10 @@ def test_environment_yml_pip_list_equals_requirements_txt():
 
 
 def test_pyproject_dependencies_are_a_subset_of_requirements():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     deps, req = specifiers(project["dependencies"]), specifiers(requirement_lines())
     missing = sorted(set(deps) - set(req))
