@@ -9,7 +9,7 @@ import torch
 from fpdm_core.data import fashion_mnist_dir
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)  # tiny models: one thread is fastest, and the suite stays polite on shared cores
 
 HAVE_FMNIST = (fashion_mnist_dir() / "train-images-idx3-ubyte.gz").exists()
 needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed: `apt-get install dataset-fashion-mnist`")
