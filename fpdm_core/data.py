@@ -12,7 +12,7 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_ENV = "FPDM_FASHION_MNIST_DIR"
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-DATASETS = ("fashion-mnist", "digits", "folder")
+DATASETS = ("fashion-mnist", "digits", "folder", "latents")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
@@ -119,6 +119,12 @@ def load_dataset(name: str, *, split: str = "train", data_dir: str | Path | None
             raise ValueError("dataset 'folder' needs --data-dir pointing at your images")
         x, y, _ = load_image_folder(data_dir, size, channels)
         return x, y
+    if name == "latents":  # VAE latents written by `python -m fpdm_core.latents encode`
+        if data_dir is None:
+            raise ValueError("dataset 'latents' needs --data-dir pointing at the folder `fpdm_core.latents encode` wrote")
+        from .latents import load_latents
+
+        return load_latents(data_dir)
     raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
 
 

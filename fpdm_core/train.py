@@ -3,13 +3,22 @@
 `python -m fpdm_core.train --help` lists the flags. A run folder holds `checkpoint.safetensors`
 (weights, EMA, optimizer, RNG), `metrics.jsonl`, sample grids and residual plots. `--resume`
 continues a run exactly where it stopped.
+
+Data parallel: `python -m torch.distributed.run --nproc_per_node N -m fpdm_core.train ...` (torchrun)
+trains with DDP (NCCL on GPUs, Gloo on the CPU). --batch-size stays the GLOBAL batch; every rank
+draws the global batch's indices, timesteps, noise, label dropout and S-JFB iteration counts from
+the same seeded generator and keeps its slice, so the run follows a one-process run with the same
+global batch (up to float rounding) and can be resumed on another number of processes. Rank 0
+alone logs, shows progress, samples and saves (the same checkpoint format).
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,14 +28,16 @@ import torch
 from torch.utils.checkpoint import checkpoint as recompute
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoints import CheckpointError, load_checkpoint, restore_training, save_checkpoint
 from .data import DATASETS, load_dataset
 from .devices import PRECISIONS, autocast, pick_device, resolve_precision
 from .diffusion import GaussianDiffusion
-from .models import FPDM, PRESETS, build_model
+from .models import FPDM, PRESETS, DiTBlock, build_model
 
 METHODS = ("sjfb", "jfb", "full")
 CHECKPOINT_NAME = "checkpoint.safetensors"
+DEBUG_DUMP_ENV = "FPDM_DEBUG_DUMP_DIR"  # set: every rank writes its final weights there (rank{r}.safetensors)
 
 
 @dataclass
@@ -46,6 +57,9 @@ class TrainConfig:
     no_grad_iters: tuple[int, int] = (0, 10)  # n_ng ~ U{a..b}
     grad_iters: tuple[int, int] = (1, 12)  # n_g ~ U{c..d}
     recompute: bool = False  # recompute each gradient iteration in backward (memory flat in n_g)
+    grad_checkpoint: bool = False  # recompute the explicit blocks (DiT blocks, FPDM pre/post) in backward
+    compile: bool = False  # torch.compile the fixed-point map (FPDM) or the whole model (DiT)
+    tf32: bool = True  # CUDA only: TF32 matmuls for float32 work
     precision: str = "auto"
     device: str = "auto"
     seed: int = 0
@@ -82,24 +96,80 @@ def draw_iterations(cfg: TrainConfig, generator: torch.Generator) -> tuple[int, 
 
 
 def fpdm_train_forward(model: FPDM, x_t, t, y, n_no_grad: int, n_grad: int, *, recompute_iters: bool = False,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+                       generator: torch.Generator | None = None, fixed_point_map=None) -> torch.Tensor:
     """S-JFB forward: n_no_grad iterations without a graph from x_pre, then n_grad with one.
 
     The initial iterate is detached, so the pre blocks get gradient only through the injection.
+    fixed_point_map: a stand-in for `model.fixed_point_map` with the same signature (e.g. compiled).
     """
+    f = fixed_point_map or model.fixed_point_map
     enc = model.encode(x_t, t, y, generator)
     z = enc.x_pre.detach()  # (B, N, D)
     if n_no_grad:
         with torch.no_grad():
             inj, c = enc.inj.detach(), enc.c_fp.detach()
             for _ in range(n_no_grad):
-                z = model.fixed_point_map(z, inj, c)
+                z = f(z, inj, c)
     for _ in range(n_grad):
         if recompute_iters:
-            z = recompute(model.fixed_point_map, z, enc.inj, enc.c_fp, use_reentrant=False)
+            z = recompute(f, z, enc.inj, enc.c_fp, use_reentrant=False)
         else:
-            z = model.fixed_point_map(z, enc.inj, enc.c_fp)
+            z = f(z, enc.inj, enc.c_fp)
     return model.decode(z, enc.c_io)
+
+
+class TrainForward(torch.nn.Module):
+    """The training forward pass as a module's `forward`, so DDP's gradient hooks see it.
+
+    FPDM trains through `encode` / `fixed_point_map` / `decode` (S-JFB), not `FPDM.forward`;
+    wrapping that path in a module lets `DistributedDataParallel(TrainForward(model))` all-reduce
+    every parameter's gradient (no `find_unused_parameters` needed: n_grad >= 1 touches them all).
+    Parameters keep their names under `model.`; save `trainer.model`, never this wrapper.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, recompute_iters: bool = False, compile: bool | str = False):
+        """compile: True for torch.compile's default backend (inductor), or a backend name (e.g. "aot_eager")."""
+        super().__init__()
+        self.model, self.recompute_iters = model, recompute_iters
+        self.fpdm = isinstance(model, FPDM)
+        kw = {"backend": compile} if isinstance(compile, str) else {}
+        # compiled bound methods, not modules: the wrapper's parameters stay exactly model.*
+        self.fixed_point_map = torch.compile(model.fixed_point_map, **kw) if compile and self.fpdm else None
+        self.dit_forward = torch.compile(model.forward, **kw) if compile and not self.fpdm else None
+
+    def forward(self, x_t, t, y, n_no_grad: int = 0, n_grad: int = 1) -> torch.Tensor:  # (B, C_out, H, W)
+        if self.fpdm:
+            return fpdm_train_forward(self.model, x_t, t, y, n_no_grad, n_grad, recompute_iters=self.recompute_iters,
+                                      fixed_point_map=self.fixed_point_map)
+        return (self.dit_forward or self.model)(x_t, t, y)
+
+
+def _checkpointed_block(block: DiTBlock, x, c):
+    if torch.is_grad_enabled():
+        return recompute(DiTBlock.forward, block, x, c, use_reentrant=False)
+    return DiTBlock.forward(block, x, c)
+
+
+def checkpoint_explicit_blocks(model: torch.nn.Module) -> int:
+    """Recompute the explicit blocks (DiT `blocks`, FPDM `blocks_pre`/`blocks_post`) in backward.
+
+    Activation memory of those blocks drops to their inputs; each costs one extra forward in
+    backward. The weight-tied fixed-point iterations have their own switch (`recompute`).
+    Names and the state dict are unchanged (the blocks' `forward` is replaced per instance, so
+    make copies such as the EMA before calling this). Returns the number of blocks changed.
+    """
+    blocks = [*model.blocks_pre, *model.blocks_post] if isinstance(model, FPDM) else list(model.blocks)
+    for block in blocks:
+        block.forward = functools.partial(_checkpointed_block, block)
+    return len(blocks)
+
+
+def enable_tf32(device: torch.device) -> bool:
+    """TF32 tensor-core matmuls for float32 work on CUDA (bf16 autocast regions are unaffected)."""
+    if device.type != "cuda":
+        return False
+    torch.set_float32_matmul_precision("high")  # convolutions (the patch embedding) use TF32 by default
+    return True
 
 
 @torch.no_grad()
@@ -109,12 +179,22 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 class Trainer:
-    """One training run: data, model, EMA, AdamW, generators; `step()` does one batch."""
+    """One training run: data, model, EMA, AdamW, generators; `step()` does one batch.
 
-    def __init__(self, cfg: TrainConfig, run_dir: str | Path | None = None):
+    dist/device: this process's place in a torchrun job and its device (`distributed.setup()`);
+    left out, a single process on `cfg.device`. `self.model` is the bare model (save and sample
+    with it); `self.forward_module` is what the step calls (DDP-wrapped when distributed).
+    """
+
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path | None = None, *,
+                 dist: distributed.DistInfo | None = None, device: torch.device | None = None):
         self.cfg, self.run_dir = cfg, Path(run_dir) if run_dir else None
-        self.device = pick_device(cfg.device)
+        self.dist = dist or distributed.DistInfo()
+        self.dist.local_size(cfg.batch_size)  # --batch-size is global: it must split evenly over the ranks
+        self.device = device if device is not None else pick_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
+        if cfg.tf32:
+            enable_tf32(self.device)
         self.x, self.y = load_dataset(cfg.dataset, data_dir=cfg.data_dir)
         if cfg.subset:
             self.x, self.y = self.x[: cfg.subset], self.y[: cfg.subset]
@@ -122,36 +202,51 @@ class Trainer:
         self.model = build_model(cfg.model, timestep_cond_pre_post=cfg.timestep_cond_pre_post,
                                  input_size=self.x.shape[-1], in_channels=self.x.shape[1],
                                  num_classes=max(PRESETS[cfg.model].num_classes, int(self.y.max()) + 1)).to(self.device)
+        # Label dropout is drawn here for the whole global batch (the same draw the embedder would make),
+        # so that every rank agrees on it; the embedder itself must not drop again.
+        self.label_dropout = self.model.y_embedder.dropout
+        self.model.y_embedder.dropout = 0.0
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        if cfg.grad_checkpoint:
+            checkpoint_explicit_blocks(self.model)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.diffusion = GaussianDiffusion().to(self.device)
-        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)  # identical on every rank: keep draws global
         self.step_count = 0
         self.batches_per_epoch = max(1, len(self.x) // cfg.batch_size)
+        self.forward_module = TrainForward(self.model, recompute_iters=cfg.recompute, compile=cfg.compile)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward_module = DistributedDataParallel(
+                self.forward_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch `step_count` of a per-epoch permutation seeded by (seed, epoch): resumable from the step alone."""
+        """This rank's slice of batch `step_count` of a per-epoch permutation seeded by (seed, epoch).
+
+        Resumable from the step alone, on any number of ranks.
+        """
         epoch, i = divmod(self.step_count, self.batches_per_epoch)
         perm = torch.randperm(len(self.x), generator=torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch))
-        idx = perm[i * self.cfg.batch_size: (i + 1) * self.cfg.batch_size]
-        return self.x[idx].to(self.device), self.y[idx].to(self.device)
+        idx = self.dist.shard(perm[i * self.cfg.batch_size: (i + 1) * self.cfg.batch_size])
+        return self.x[idx].to(self.device, torch.float32), self.y[idx].to(self.device)
 
     def loss(self, x0, y) -> tuple[torch.Tensor, dict]:
-        B = x0.shape[0]
-        t = self.diffusion.sample_t(B, generator=self.gen).to(self.device)
-        noise = torch.randn(x0.shape, generator=self.gen).to(self.device)  # (B, C, H, W)
-        info = {}
+        """Mean loss over this rank's slice; t, noise, iteration counts and label dropout are drawn globally."""
+        shard, Bg = self.dist.shard, x0.shape[0] * self.dist.world_size
+        t = shard(self.diffusion.sample_t(Bg, generator=self.gen)).to(self.device)  # (B,)
+        noise = shard(torch.randn((Bg, *x0.shape[1:]), generator=self.gen)).to(self.device)  # (B, C, H, W)
+        info, n_ng, n_g = {}, 0, 1
         if isinstance(self.model, FPDM):
             n_ng, n_g = draw_iterations(self.cfg, self.gen)
             info = {"n_no_grad": n_ng, "n_grad": n_g}
-            label_gen = self.gen
+        if self.label_dropout > 0:
+            drop = shard(torch.rand((Bg,), generator=self.gen) < self.label_dropout).to(y.device)  # (B,)
+            y = torch.where(drop, torch.full_like(y, self.model.config.num_classes), y)
 
-            def model_fn(x_t, tt):
-                return fpdm_train_forward(self.model, x_t, tt, y, n_ng, n_g,
-                                          recompute_iters=self.cfg.recompute, generator=label_gen)
-        else:
-            def model_fn(x_t, tt):
-                return self.model(x_t, tt, y, generator=self.gen)
+        def model_fn(x_t, tt):
+            return self.forward_module(x_t, tt, y, n_ng, n_g)
+
         with autocast(self.device, self.precision):
             loss, _ = self.diffusion.training_loss(model_fn, x0, t, noise)
         return loss.float(), info
@@ -164,22 +259,28 @@ class Trainer:
         for g in self.opt.param_groups:
             g["lr"] = lr
         loss, info = self.loss(x0, y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {self.step_count}: lower --lr, raise --warmup-steps "
-                                     f"or use --precision fp32; the last checkpoint is untouched")
+        global_loss = distributed.all_reduce_mean(loss.detach(), self.dist)  # the global batch's mean loss
+        if not torch.isfinite(global_loss):
+            raise FloatingPointError(f"loss is {global_loss.item()} at step {self.step_count}: lower --lr, raise "
+                                     f"--warmup-steps or use --precision fp32; the last checkpoint is untouched")
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # DDP averages the gradients over ranks here
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.opt.step()
         ema_update(self.ema, self.model, cfg.ema_decay)
         self.step_count += 1
-        return {"step": self.step_count, "loss": loss.item(), "grad_norm": float(grad_norm), "lr": lr, **info}
+        return {"step": self.step_count, "loss": global_loss.item(), "grad_norm": float(grad_norm), "lr": lr, **info}
 
     # ---------------------------------------------------------------- persistence
     def save(self, path: str | Path, elapsed_s: float = 0.0) -> None:
-        meta = {"train": asdict(self.cfg), "step": self.step_count, "elapsed_s": elapsed_s,
-                "data": {"dataset": self.cfg.dataset, "num_images": len(self.x), "seed": self.cfg.seed},
-                "torch": torch.__version__, "precision": self.precision}
+        data = {"dataset": self.cfg.dataset, "num_images": len(self.x), "seed": self.cfg.seed}
+        if self.cfg.dataset == "latents":  # what decoding samples needs: the VAE and the latent scale
+            from .latents import read_latents_info
+
+            info = read_latents_info(self.cfg.data_dir)
+            data["latents"] = {k: info.get(k) for k in ("vae", "vae_subfolder", "scale", "size", "posterior")}
+        meta = {"train": asdict(self.cfg), "step": self.step_count, "elapsed_s": elapsed_s, "data": data,
+                "torch": torch.__version__, "precision": self.precision, "world_size": self.dist.world_size}
         save_checkpoint(path, model=self.model, ema=self.ema, optimizer=self.opt, meta=meta,
                         rng={"train": self.gen.get_state()})
 
@@ -218,10 +319,26 @@ def write_samples(trainer: Trainer, out_dir: Path, tag: str) -> None:
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> Trainer:
-    """Train until max_steps or max_minutes, logging to run_dir; returns the trainer."""
-    run_dir = Path(run_dir)
+    """Train until max_steps or max_minutes, logging to run_dir; returns the trainer.
+
+    Under torchrun this joins the job (see `distributed.setup`): rank 0 logs, shows progress,
+    samples and saves; every rank returns its trainer.
+    """
+    info, device = distributed.setup(cfg.device)
+    try:
+        trainer = _train(cfg, Path(run_dir), resume, progress, info, device)
+    except BaseException:
+        distributed.teardown(info, wait=False)  # the other ranks may be stuck in a collective: do not wait
+        raise
+    distributed.teardown(info)
+    return trainer
+
+
+def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, info: distributed.DistInfo,
+           device: torch.device) -> Trainer:
     run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(cfg, run_dir)
+    trainer = Trainer(cfg, run_dir, dist=info, device=device)
+    main_rank = info.is_main
     ckpt_path = run_dir / CHECKPOINT_NAME
     elapsed = 0.0
     if resume:
@@ -230,15 +347,21 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
         elapsed = trainer.resume(ckpt_path)
     elif ckpt_path.exists():
         raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --run-dir")
-    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    if main_rank:
+        (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     max_steps = cfg.max_steps if cfg.max_steps is not None else sys.maxsize
     deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
     start, last_save = time.monotonic(), trainer.step_count
     bar = tqdm(total=None if max_steps == sys.maxsize else max_steps, initial=trainer.step_count,
-               disable=not progress, desc=cfg.model, dynamic_ncols=True)
-    with open(run_dir / "metrics.jsonl", "a") as log:
-        while trainer.step_count < max_steps and time.monotonic() < deadline:
+               disable=not (progress and main_rank), desc=cfg.model, dynamic_ncols=True)
+    log = open(run_dir / "metrics.jsonl", "a") if main_rank else None
+    try:
+        # rank 0's clock decides when time is up, so every rank runs the same number of steps
+        while trainer.step_count < max_steps and not (
+                deadline < math.inf and distributed.rank0_decides(time.monotonic() >= deadline, info, trainer.device)):
             row = trainer.step()
+            if not main_rank:
+                continue
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             if trainer.step_count % cfg.log_every == 0 or trainer.step_count == 1:
@@ -248,11 +371,22 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
             if trainer.step_count % cfg.save_every == 0:
                 trainer.save(ckpt_path, elapsed + time.monotonic() - start)
                 last_save = trainer.step_count
-            if cfg.sample_every and trainer.step_count % cfg.sample_every == 0:
+            # latents need the VAE to become images: sample them with `python -m fpdm_core.latents sample`
+            if cfg.sample_every and cfg.dataset != "latents" and trainer.step_count % cfg.sample_every == 0:
                 write_samples(trainer, run_dir, f"{trainer.step_count:07d}")
+    finally:
+        if log is not None:
+            log.close()
     bar.close()
-    if trainer.step_count != last_save or not ckpt_path.exists():
+    if main_rank and (trainer.step_count != last_save or not ckpt_path.exists()):
         trainer.save(ckpt_path, elapsed + time.monotonic() - start)
+    if os.environ.get(DEBUG_DUMP_ENV):  # for tests: every rank's final weights, to check that they agree
+        from safetensors.torch import save_file
+
+        dump = Path(os.environ[DEBUG_DUMP_ENV])
+        dump.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()},
+                  dump / f"rank{info.rank}.safetensors")
     return trainer
 
 
@@ -265,7 +399,9 @@ def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
     p.add_argument("--model", default=d["model"].default, choices=sorted(PRESETS), help="model preset")
     p.add_argument("--timestep-cond-pre-post", action="store_true", help="FPDM: condition pre/post blocks on t too")
     p.add_argument("--dataset", default=d["dataset"].default, choices=DATASETS)
-    p.add_argument("--data-dir", default=None, help="dataset folder (Fashion-MNIST IDX files or your image folder)")
+    p.add_argument("--data-dir", default=None,
+                   help="dataset folder (Fashion-MNIST IDX files, your image folder, or latents from "
+                        "`python -m fpdm_core.latents encode`)")
     p.add_argument("--subset", type=int, default=None, help="use only the first N training images")
     p.add_argument("--batch-size", type=int, default=d["batch_size"].default)
     p.add_argument("--lr", type=float, default=d["lr"].default, help="AdamW learning rate")
@@ -280,6 +416,11 @@ def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
     p.add_argument("--grad-iters", type=int, nargs=2, default=d["grad_iters"].default, metavar=("C", "D"),
                    help="n_grad ~ U{C..D}")
     p.add_argument("--recompute", action="store_true", help="recompute gradient iterations in backward (less memory)")
+    p.add_argument("--grad-checkpoint", action="store_true",
+                   help="recompute the explicit blocks (DiT blocks, FPDM pre/post blocks) in backward (less memory)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the fixed-point map (FPDM) or the model (DiT); first steps are slow")
+    p.add_argument("--no-tf32", dest="tf32", action="store_false", help="CUDA: keep float32 matmuls in full float32")
     p.add_argument("--precision", default=d["precision"].default, choices=PRECISIONS,
                    help="auto = bf16 autocast on CUDA and on CPUs with fast bf16")
     p.add_argument("--device", default=d["device"].default, help="auto, cpu, cuda, cuda:N or mps")
@@ -305,12 +446,15 @@ def main(argv=None) -> int:
     cfg, a = parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    env = distributed.from_env()
+    rank = env[0] if env else 0
     try:
         trainer = train(cfg, a.run_dir, resume=a.resume, progress=not a.no_progress)
     except (FileNotFoundError, FileExistsError, CheckpointError, ValueError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error{f' (rank {rank})' if env else ''}: {e}", file=sys.stderr)
         return 2
-    print(f"saved {Path(a.run_dir) / CHECKPOINT_NAME} at step {trainer.step_count}")
+    if rank == 0:
+        print(f"saved {Path(a.run_dir) / CHECKPOINT_NAME} at step {trainer.step_count}")
     return 0
 
 
