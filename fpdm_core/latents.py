@@ -110,16 +110,18 @@ def decode_latents(vae, z: torch.Tensor, *, scale: float | None = None, batch_si
 def list_image_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
     """(files, labels, class names) in exactly the order `data.load_image_folder` reads them.
 
-    One class per subfolder (sorted names -> ids); images directly in `root` form one class "all".
+    One class per subfolder (sorted names -> ids); images directly in `root` form one class "all";
+    hidden entries (".ipynb_checkpoints", "._x.png") are skipped.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir())
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     groups = [(d.name, d) for d in subdirs] or [("all", root)]
     files, labels = [], []
     for label, (_, folder) in enumerate(groups):
-        for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        for path in sorted(p for p in folder.iterdir()
+                           if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")):
             files.append(path)
             labels.append(label)
     if not files:

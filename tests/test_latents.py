@@ -54,6 +54,8 @@ def image_dir(tmp_path_factory):
             ext = ".jpg" if i == 2 else ".png"
             Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / name / f"img{9 - i}{ext}")
     (root / "a_cats" / "notes.txt").write_text("not an image")
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(root / "a_cats" / "._resource_fork.png")  # hidden
+    (root / ".ipynb_checkpoints").mkdir()  # a hidden folder is not a class
     return root
 
 
@@ -68,7 +70,7 @@ def test_listing_and_preprocessing_match_load_image_folder(image_dir):
     files, labels, classes = list_image_folder(image_dir)
     x, y, names = load_image_folder(image_dir, 16, 3)
     assert classes == names == ["a_cats", "b_dogs"] and labels == y.tolist()
-    assert [f.name for f in files[:5]] == sorted(f.name for f in (image_dir / "a_cats").iterdir() if f.suffix != ".txt")
+    assert [f.name for f in files[:5]] == ["img5.png", "img6.png", "img7.jpg", "img8.png", "img9.png"]
     ours = torch.from_numpy(np.stack([load_image(f, 16, 3) for f in files])).permute(0, 3, 1, 2).float() / 127.5 - 1
     assert torch.equal(ours, x)
 
