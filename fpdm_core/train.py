@@ -82,6 +82,9 @@ class TrainConfig:
             raise ValueError("batch_size must be >= 1 and lr > 0")
         if self.max_steps is None and self.max_minutes is None:
             raise ValueError("give --max-steps or --max-minutes (or both)")
+        if self.log_every < 1 or self.save_every < 1 or self.sample_every < 0:
+            raise ValueError(f"log_every and save_every must be >= 1 and sample_every >= 0 (0 = never), "
+                             f"got {self.log_every}, {self.save_every}, {self.sample_every}")
 
 
 def draw_iterations(cfg: TrainConfig, generator: torch.Generator) -> tuple[int, int]:
@@ -354,7 +357,12 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, info: 
     start, last_save = time.monotonic(), trainer.step_count
     bar = tqdm(total=None if max_steps == sys.maxsize else max_steps, initial=trainer.step_count,
                disable=not (progress and main_rank), desc=cfg.model, dynamic_ncols=True)
-    log = open(run_dir / "metrics.jsonl", "a") if main_rank else None
+    metrics_path = run_dir / "metrics.jsonl"
+    if main_rank:  # keep only rows the checkpoint covers: steps logged after the last save are logged again
+        old = metrics_path.read_text().splitlines() if resume and metrics_path.exists() else []
+        kept = [line for line in old if line.strip() and json.loads(line).get("step", 0) <= trainer.step_count]
+        metrics_path.write_text("".join(line + "\n" for line in kept))
+    log = open(metrics_path, "a") if main_rank else None
     try:
         # rank 0's clock decides when time is up, so every rank runs the same number of steps
         while trainer.step_count < max_steps and not (
