@@ -13,10 +13,12 @@ repeats, spread and the machine) and a matplotlib figure `<out>/<name>.png`:
   all          every benchmark above, then `report`
   report       `<out>/RESULTS.md` from the JSON files alone (generated: never edit it by hand)
 
-Modes: default = the full settings (hours on a 2-core CPU; `memory` then also measures FPDM-XL/2
-vs DiT-XL/2 at batch 8, which needs about 20 GiB); `--quick` = minutes (small settings, budgets
-5/10/20 DiT steps, 200 images); `--tiny` = CI-sized settings for the tests (not evidence).
-Timings are medians over `repeats`; their spread is (max - min) / median.
+Modes: default = the full settings (hours on a 2-core CPU: quality samples 1000 images per point,
+ablations train 10 minutes per run, and `memory` measures FPDM-XL/2 vs DiT-XL/2 at batch 8, which
+needs about 20 GiB free); `--quick` = minutes (FPDM-FM-M vs DiT-FM-M, an XL/2-layout pair at hidden
+256, budgets of 5/10/20 DiT steps, 200 images, 10 s ablation runs of a tiny model); `--tiny` =
+CI-sized settings for the tests (not evidence). Every mode also estimates the XL/2 training step on
+the meta device (no memory used). Timings are medians over `repeats`; spread = (max - min) / median.
 """
 from __future__ import annotations
 
@@ -1059,12 +1061,24 @@ def _lower(a: float, b: float) -> str:
     return "reproduced" if a < b else "not reproduced"
 
 
+def _signed(b: float) -> str:
+    return ("+" if b >= 0 else "-") + _mib(abs(b))
+
+
+def _memory_parts(row: dict, measured: bool) -> tuple[float, float]:
+    """(weights + grads + AdamW bytes, activation bytes) of a memory row, measured or estimated."""
+    src = row if measured else row["estimate"]
+    return src["weights_grads_adamw_bytes"], src["activation_bytes"]
+
+
 def _less(pct: float) -> str:
     return f"{pct:.0f}% less" if pct >= 0 else f"{-pct:.0f}% more"
 
 
 def _mib(b) -> str:
-    return "n/a" if b is None else (f"{b / GiB:.2f} GiB" if abs(b) >= GiB else f"{b / MiB:.0f} MiB")
+    if b is None:
+        return "n/a"
+    return f"{b / GiB:.2f} GiB" if abs(b) >= GiB else f"{b / MiB:.{1 if abs(b) < 10 * MiB else 0}f} MiB"
 
 
 def verdicts_params(d: dict) -> list[dict]:
@@ -1092,20 +1106,20 @@ def verdicts_memory(d: dict) -> list[dict]:
                             f"step needs {_less(sav['worst'])} memory than DiT in the worst case (n_grad = 12) and "
                             f"{_less(sav['average'])} at the average draw (n_grad = 6); paper: 60% less: "
                             f"{'reproduced' if ok else 'not reproduced'}."))
-    if paper:
-        dit = next(r for r in paper["rows"] if "dit" in r["roles"])
-        paper_frac = 100 * dit["estimate"]["weights_grads_adamw_bytes"] / dit["estimate_bytes"]
-    for s in (s for s in d["results"]["settings"] if s["name"] != "paper" and s["measured"]):
-        sav, rows = s["savings_measured_pct"], s["rows"]
-        dit = next(r for r in rows if "dit" in r["roles"])
-        frac = 100 * dit["weights_grads_adamw_bytes"] / dit["peak_bytes"]
+    for s in d["results"]["settings"]:
+        key = "peak_bytes" if s["measured"] else "estimate_bytes"
+        dit, worst = (next(r for r in s["rows"] if role in r["roles"]) for role in ("dit", "worst"))
+        if dit.get(key) is None or worst.get(key) is None:
+            continue
+        (dit_fixed, dit_act), (w_fixed, w_act) = (_memory_parts(r, s["measured"]) for r in (dit, worst))
         out.append(_verdict("measured", f"where the saving comes from ({s['name']})",
-                            f"At {s['title']} (measured) FPDM needs {_less(sav['worst'])} memory than DiT in the "
-                            f"worst case and {_less(sav['average'])} at the average draw. Weights, gradients and "
-                            f"AdamW moments are {frac:.0f}% of DiT's peak there"
-                            + (f" (vs {paper_frac:.0f}% at XL/2, estimated)" if paper else "")
-                            + ": the saving comes from the parameters; the rest is activations, which FPDM's grow "
-                              "with n_grad."))
+                            f"{s['title']} ({'measured' if s['measured'] else 'estimated'}): weights, gradients and "
+                            f"AdamW moments are {100 * dit_fixed / dit[key]:.0f}% of DiT's peak; in the worst case "
+                            f"FPDM changes them by {_signed(w_fixed - dit_fixed)} and activations by "
+                            f"{_signed(w_act - dit_act)} ({_less(100 * (1 - worst[key] / dit[key]))} in total)."))
+        if s["name"] == "paper" or not s["measured"]:
+            continue
+        rows = s["rows"]
         sweep = sorted((r["n_grad"], r) for r in rows if "sweep" in r["roles"])
         if len(sweep) >= 2:
             (g0, r0), (g1, r1) = sweep[0], sweep[-1]
@@ -1424,23 +1438,26 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="{" + ",".join((*COMMANDS, "all", "report")) + "}")
     for name in (*COMMANDS, "all", "report"):
-        s = sub.add_parser(name, help=HELP[name], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        s.add_argument("--out", default="figures", help="folder for RESULTS.md and figures; JSON goes to <out>/bench")
+        s = sub.add_parser(name, help=HELP[name], description=HELP[name])
+        s.add_argument("--out", default="figures",
+                       help="folder for RESULTS.md and the figures; JSON goes to <out>/bench (default: figures)")
         if name == "report":
             continue
         mode = s.add_mutually_exclusive_group()
         mode.add_argument("--quick", action="store_true", help="minutes instead of hours (small settings)")
         mode.add_argument("--tiny", action="store_true", help="CI-sized settings for tests (numbers are not evidence)")
-        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--seed", type=int, default=0, help="seed of weights, data, noise and draws (default: 0)")
         s.add_argument("--repeats", type=int, default=None, help="override the mode's number of timing repeats")
-        s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
+        s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
         s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
         s.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                       help="training precision in speed and ablations (sampling is float32)")
+                       help="training precision in speed and ablations; sampling is float32 (default: auto = bf16 "
+                            "where the processor has fast bf16)")
         s.add_argument("--fpdm", default=None, help="FPDM checkpoint (default: the shipped one)")
         s.add_argument("--dit", default=None, help="DiT checkpoint (default: the shipped one)")
         s.add_argument("--classifier", default=None, help="Fashion-MNIST judge (default: metrics.CLASSIFIER_PATH)")
-        s.add_argument("--minutes", type=float, default=None, help="ablations: training minutes per run")
+        s.add_argument("--minutes", type=float, default=None,
+                       help="ablations: training minutes per run (default: 10, --quick 1/6, --tiny 0.05)")
     sub.add_parser("_memstep").add_argument("spec", help=argparse.SUPPRESS)  # hidden: one measured step, JSON in/out
     return p
 

@@ -182,13 +182,15 @@ def test_tie_aware_comparisons():
 
 
 def test_memory_verdict_from_numbers():
-    rows = [{"roles": [role], "estimate_bytes": total, "estimate": {"weights_grads_adamw_bytes": 10.0}}
-            for role, total in (("dit", 100.0), ("worst", 45.0), ("average", 30.0))]
+    rows = [{"roles": [role], "estimate_bytes": total,
+             "estimate": {"weights_grads_adamw_bytes": fixed, "activation_bytes": total - fixed}}
+            for role, total, fixed in (("dit", 100.0, 60.0), ("worst", 45.0, 10.0), ("average", 30.0, 10.0))]
     d = {"mode": "quick", "results": {"settings": [
-        {"name": "paper", "measured": False, "savings_measured_pct": {},
+        {"name": "paper", "title": "XL", "measured": False, "savings_measured_pct": {},
          "savings_estimated_pct": bench.memory_savings(rows, "estimate_bytes"), "rows": rows}]}}
-    v = bench.verdicts_memory(d)[0]
+    v, parts = bench.verdicts_memory(d)
     assert v["status"] == "reproduced" and "55% less memory than DiT in the worst case" in v["sentence"]
+    assert "weights, gradients and AdamW moments are 60% of DiT's peak" in parts["sentence"]
     rows[1]["estimate_bytes"] = 60.0
     d["results"]["settings"][0]["savings_estimated_pct"] = bench.memory_savings(rows, "estimate_bytes")
     assert bench.verdicts_memory(d)[0]["status"] == "not reproduced"
