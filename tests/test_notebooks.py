@@ -105,8 +105,9 @@ def executed(tmp_path_factory):
     watched = (REPO / "notebooks", REPO / "figures" / "notebooks")
     before = _snapshot(*watched)
     root = tmp_path_factory.mktemp("notebooks")
-    run = subprocess.run([sys.executable, str(RUNNER), "--out", str(root / "run"), "--figures-dir", str(root / "figures")],
-                         cwd=root, capture_output=True, text=True, timeout=900)
+    # CPU even where a GPU exists: CUDA kernels are not bit-reproducible, and these are the defaults' numbers
+    run = subprocess.run([sys.executable, str(RUNNER), "--out", str(root / "run"), "--figures-dir", str(root / "figures"),
+                          "-p", "device", "cpu"], cwd=root, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return {"root": root, "out": root / "run", "figures": root / "figures", "watched": watched, "before": before}
 
