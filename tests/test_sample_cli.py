@@ -1,0 +1,120 @@
+"""`python -m fpdm_core.sample`: outputs, determinism and clean errors (exit code 2)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from fpdm_core.sample import class_labels, main
+
+FAST = ["--steps", "3", "--iterations", "2", "--no-progress"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tests are small: one torch thread (two threads crawl on a busy 2-core machine)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def run_cli(argv) -> int:
+    """main(argv) as the shell sees it: argparse errors become their SystemExit code."""
+    try:
+        return main([str(a) for a in argv])
+    except SystemExit as e:
+        return e.code
+
+
+def test_help_documents_every_flag():
+    r = subprocess.run([sys.executable, "-m", "fpdm_core.sample", "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    for flag in ("--checkpoint", "--weights", "--n", "--classes", "--budget", "--steps", "--iterations", "--allocation",
+                 "--reuse", "--no-reuse", "--solver", "--tol", "--damping", "--method", "--eta", "--spacing",
+                 "--cfg-scale", "--seed", "--device", "--out-dir"):
+        assert flag in r.stdout, flag
+    assert "default: 20" in r.stdout and "fpdm-fm-m.safetensors" in r.stdout
+
+
+def test_outputs(tiny_checkpoints, tmp_path):
+    out = tmp_path / "s"
+    assert run_cli(["--checkpoint", tiny_checkpoints["fpdm"], "--n", 12, "--out-dir", out, *FAST]) == 0
+    npz = np.load(out / "samples.npz")
+    assert npz["images"].dtype == np.uint8 and npz["images"].shape == (12, 28, 28)
+    assert npz["labels"].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    rec = json.loads((out / "record.json").read_text())
+    assert rec["checkpoint"] == str(tiny_checkpoints["fpdm"]) and rec["kind"] == "fpdm"
+    assert [s["iterations"] for s in rec["steps"]] == [2, 2, 2]
+    assert rec["spent_block_evals"] == 3 * (1 + 2 + 1)
+    from PIL import Image
+
+    with Image.open(out / "samples.png") as img:  # 10 columns, 2 rows of 28 px + 2 px padding, scaled x2
+        assert img.size == (2 * (10 * 30 + 2), 2 * (2 * 30 + 2))
+
+
+def test_same_seed_same_images(tiny_checkpoints, tmp_path):
+    args = ["--checkpoint", tiny_checkpoints["fpdm"], "--n", 4, "--method", "ddpm", *FAST]
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        assert run_cli([*args, "--seed", seed, "--out-dir", tmp_path / name]) == 0
+    a, b, c = (np.load(tmp_path / name / "samples.npz")["images"] for name in "abc")
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_classes_budget_and_dit(tiny_checkpoints, tmp_path):
+    out = tmp_path / "dit"
+    argv = ["--checkpoint", tiny_checkpoints["dit"], "--n", 5, "--classes", 3, 7, "--budget", 8, "--no-progress",
+            "--out-dir", out]
+    assert run_cli(argv) == 0
+    rec = json.loads((out / "record.json").read_text())
+    assert np.load(out / "samples.npz")["labels"].tolist() == [3, 7, 3, 7, 3]
+    assert rec["kind"] == "dit" and rec["plan"]["steps"] == 2 and rec["spent_block_evals"] == 8  # DiT-tiny depth 4
+
+
+def test_class_labels_cycle():
+    assert class_labels(3, None, 10).tolist() == [0, 1, 2]
+    assert class_labels(4, [9], 10).tolist() == [9, 9, 9, 9]
+    assert class_labels(2, [10], 10).tolist() == [10, 10]  # the null class: unconditional
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--budget", 3], "budget 3 is below"),  # FPDM-tiny: one step with 2 iterations costs 4
+    (["--classes", 11], "out of range"),
+    (["--classes", -1], "out of range"),
+    (["--n", 0], "--n must be >= 1"),
+    (["--steps", 1001, "--iterations", 1], "num_steps must be in"),
+])
+def test_bad_requests_exit_2(tiny_checkpoints, tmp_path, capsys, argv, message):
+    assert run_cli(["--checkpoint", tiny_checkpoints["fpdm"], "--no-progress", "--out-dir", tmp_path, *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "samples.npz").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--solver", "newton"], "invalid choice"),
+    (["--bogus-flag"], "unrecognized arguments"),
+    (["--n", "many"], "invalid int value"),
+    (["--allocation", "adaptive", "--budget", "40"], "needs a residual tolerance"),
+    (["--budget", "40", "--iterations", "3"], "cannot be combined with --budget"),
+    (["--cfg-scale", "-1"], "cfg_scale must be >= 0"),
+])
+def test_bad_flags_exit_2(tmp_path, capsys, argv, message):
+    assert run_cli(["--out-dir", tmp_path, *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_and_corrupt_checkpoints(tmp_path, capsys):
+    missing = tmp_path / "nope.safetensors"
+    assert run_cli(["--checkpoint", missing, "--out-dir", tmp_path, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "python -m fpdm_core.train" in err
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json at all")
+    assert run_cli(["--checkpoint", corrupt, "--out-dir", tmp_path, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable safetensors checkpoint" in err and "Traceback" not in err
