@@ -53,6 +53,7 @@ class TrainConfig:
     warmup_steps: int = 200
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    ema_warmup: bool = True  # decay min(ema_decay, (1 + step) / (10 + step)): early EMA not stuck at the init
     method: str = "sjfb"  # FPDM only: sjfb | jfb | full
     no_grad_iters: tuple[int, int] = (0, 10)  # n_ng ~ U{a..b}
     grad_iters: tuple[int, int] = (1, 12)  # n_g ~ U{c..d}
@@ -175,6 +176,11 @@ def enable_tf32(device: torch.device) -> bool:
     return True
 
 
+def ema_decay(cfg: TrainConfig, step: int) -> float:
+    """EMA decay at 0-based `step`; with warm-up the average forgets the (useless) initial weights quickly."""
+    return min(cfg.ema_decay, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema_decay
+
+
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     e, m = list(ema.parameters()), list(model.parameters())
@@ -270,7 +276,7 @@ class Trainer:
         loss.backward()  # DDP averages the gradients over ranks here
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.opt.step()
-        ema_update(self.ema, self.model, cfg.ema_decay)
+        ema_update(self.ema, self.model, ema_decay(cfg, self.step_count))
         self.step_count += 1
         return {"step": self.step_count, "loss": global_loss.item(), "grad_norm": float(grad_norm), "lr": lr, **info}
 
@@ -417,6 +423,8 @@ def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
     p.add_argument("--warmup-steps", type=int, default=d["warmup_steps"].default, help="linear lr warm-up")
     p.add_argument("--grad-clip", type=float, default=d["grad_clip"].default, help="max gradient norm")
     p.add_argument("--ema-decay", type=float, default=d["ema_decay"].default)
+    p.add_argument("--no-ema-warmup", dest="ema_warmup", action="store_false",
+                   help="use --ema-decay from the first step (default: min(decay, (1+step)/(10+step)))")
     p.add_argument("--method", default=d["method"].default, choices=METHODS,
                    help="FPDM gradient: sjfb (stochastic JFB), jfb (n_grad = 1), full (backprop through all iterations)")
     p.add_argument("--no-grad-iters", type=int, nargs=2, default=d["no_grad_iters"].default, metavar=("A", "B"),

@@ -316,3 +316,13 @@ def test_main_reports_missing_data_and_missing_checkpoint(tmp_path, fake_data, c
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
     assert main(_cli(tmp_path / "b", fake_data, "--max-steps", "1", "--resume")) == 2
     assert "--resume: no checkpoint at" in capsys.readouterr().err
+
+
+def test_ema_warmup_forgets_the_init_and_caps_at_the_decay():
+    from fpdm_core.train import ema_decay
+
+    cfg = TrainConfig(model="FPDM-tiny", max_steps=1, ema_decay=0.999)
+    decays = [ema_decay(cfg, s) for s in (0, 10, 100, 1000, 100000)]
+    assert decays[0] == pytest.approx(0.1) and decays[-1] == 0.999
+    assert decays == sorted(decays)
+    assert ema_decay(TrainConfig(model="FPDM-tiny", max_steps=1, ema_warmup=False), 0) == 0.999
