@@ -11,6 +11,16 @@ from fpdm_core.data import fashion_mnist_dir
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 torch.set_num_threads(1)  # tiny models: one thread is fastest, and the suite stays polite on shared cores
 
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Every test on one thread (tests that change it get it back): two OpenMP threads spin-wait on busy cores."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
+
+
 HAVE_FMNIST = (fashion_mnist_dir() / "train-images-idx3-ubyte.gz").exists()
 needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed: `apt-get install dataset-fashion-mnist`")
 

@@ -16,13 +16,6 @@ from fpdm_core.sampling import SamplerConfig, sample
 FAST = settings(max_examples=60, deadline=None)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def fpdm_cost(pre: int, post: int) -> CostModel:
     return CostModel.of(ModelConfig(kind="fpdm", input_size=8, hidden_size=32, num_heads=2, pre_depth=pre, post_depth=post))

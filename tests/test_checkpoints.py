@@ -15,13 +15,6 @@ from fpdm_core.checkpoints import (FORMAT, CheckpointError, atomic_save, load_ch
 from fpdm_core.models import DiT, FPDM, build_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def perturbed(name="FPDM-tiny", seed=0, **overrides):
     """Eval mode: no label dropout, so forward passes do not touch the global RNG."""

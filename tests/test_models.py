@@ -11,15 +11,6 @@ from fpdm_core.models import DiT, FPDM, PRESETS, ModelConfig, build_model, count
 from fpdm_core.solvers import solve
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two OpenMP threads on a busy 2-core machine spin-wait; tiny models run far faster on one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def perturbed(name: str = "FPDM-tiny", seed: int = 0, std: float = 0.1, **overrides):
     """A model in eval mode with every parameter moved off its (mostly zero) init by Gaussian noise."""
     model = build_model(name, **overrides)

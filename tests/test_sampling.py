@@ -10,13 +10,6 @@ from fpdm_core.sampling import SamplerConfig, SamplerStep, new_record, sample, s
 from fpdm_core.solvers import NonFiniteError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def perturbed(name: str, seed: int = 0, std: float = 0.05, contract: float | None = 0.2, **overrides):
     """Tiny model (8x8 images, 4 tokens) with perturbed weights; for FPDM, f's dependence on z is scaled

@@ -21,13 +21,6 @@ from fpdm_core.train import TrainConfig, Trainer, draw_iterations, fpdm_train_fo
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def perturbed(seed=0, **overrides):
     model = build_model("FPDM-tiny", input_size=8, **overrides)
