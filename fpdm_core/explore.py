@@ -75,7 +75,7 @@ class Settings:
     tol: float = 0.0  # 0 = run the planned iterations; > 0 stops a step early
     damping: float = 1.0
     class_choice: str = ALL_CLASSES
-    cfg_scale: float = 1.0
+    cfg_scale: float = 3.0  # the model card's scale: class-faithful samples from the shipped checkpoints
     seed: int = 0
     num_images: int = 10
     method: str = "ddim"
@@ -158,7 +158,7 @@ def _as_float(name, value) -> float:
 
 
 def settings_from_ui(*, budget_mode, steps, iterations, budget, allocation, reuse, solver, tol, damping=1.0,
-                     class_choice=ALL_CLASSES, cfg_scale=1.0, seed=0, num_images=10, method="ddim") -> Settings:
+                     class_choice=ALL_CLASSES, cfg_scale=3.0, seed=0, num_images=10, method="ddim") -> Settings:
     """Raw control values (sliders send floats, cleared boxes None) -> `Settings`, or `ExploreError`.
 
     A control the chosen budget mode does not use may be empty.
