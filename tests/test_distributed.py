@@ -17,14 +17,6 @@ from fpdm_core.train import (DEBUG_DUMP_ENV, TrainConfig, Trainer, TrainForward,
                              enable_tf32, fpdm_train_forward, parse_args, train)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: extra threads only contend with the rest of the machine
-    yield
-    torch.set_num_threads(n)
-
-
 # ----------------------------------------------------------------------------- helpers
 def test_from_env_reads_torchrun_variables():
     assert distributed.from_env({}) is None

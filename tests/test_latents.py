@@ -13,14 +13,6 @@ from fpdm_core.latents import (LATENT_SCALE, LatentsError, checkpoint_latents_in
                                main, read_latents_info)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: extra threads only contend with the rest of the machine
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def vae_dir(tmp_path_factory):
     """A randomly initialised AutoencoderKL with two resolution levels (downsampling 2), saved like a real one."""

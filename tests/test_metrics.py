@@ -15,15 +15,6 @@ from fpdm_core.metrics import (CLASSIFIER_PATH, FashionClassifier, class_accurac
                                feature_stats, frechet_distance, load_classifier, real_stats, save_classifier)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tests are small: one torch thread (two threads crawl on a busy 2-core machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def clf():
     return load_classifier()

@@ -14,15 +14,6 @@ from fpdm_core.sample import class_labels, main
 FAST = ["--steps", "3", "--iterations", "2", "--no-progress"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tests are small: one torch thread (two threads crawl on a busy 2-core machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def run_cli(argv) -> int:
     """main(argv) as the shell sees it: argparse errors become their SystemExit code."""
     try:
