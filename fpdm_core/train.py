@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -33,9 +33,11 @@ from .checkpoints import CheckpointError, load_checkpoint, restore_training, sav
 from .data import DATASETS, load_dataset
 from .devices import PRECISIONS, autocast, pick_device, resolve_precision
 from .diffusion import GaussianDiffusion
-from .models import FPDM, PRESETS, DiTBlock, build_model
+from .models import FPDM, PRESETS, DiTBlock, ModelConfig, build_model
 
 METHODS = ("sjfb", "jfb", "full")
+# ModelConfig fields the trainer sets itself: the data decides the image shape, the flag has its own option
+DATA_FIELDS = ("kind", "input_size", "in_channels", "timestep_cond_pre_post")
 CHECKPOINT_NAME = "checkpoint.safetensors"
 DEBUG_DUMP_ENV = "FPDM_DEBUG_DUMP_DIR"  # set: every rank writes its final weights there (rank{r}.safetensors)
 
@@ -43,6 +45,7 @@ DEBUG_DUMP_ENV = "FPDM_DEBUG_DUMP_DIR"  # set: every rank writes its final weigh
 @dataclass
 class TrainConfig:
     model: str = "FPDM-FM-S"
+    model_overrides: dict = field(default_factory=dict)  # ModelConfig fields replacing the preset's, e.g. {"pre_depth": 2}
     timestep_cond_pre_post: bool = False
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
@@ -73,6 +76,7 @@ class TrainConfig:
     def __post_init__(self):
         if self.model not in PRESETS:
             raise ValueError(f"unknown model preset {self.model!r}; choose one of {sorted(PRESETS)}")
+        self.model_config()  # checks the overrides
         if self.method not in METHODS:
             raise ValueError(f"unknown training method {self.method!r}; choose one of {METHODS}")
         for name in ("no_grad_iters", "grad_iters"):
@@ -86,6 +90,19 @@ class TrainConfig:
         if self.log_every < 1 or self.save_every < 1 or self.sample_every < 0:
             raise ValueError(f"log_every and save_every must be >= 1 and sample_every >= 0 (0 = never), "
                              f"got {self.log_every}, {self.save_every}, {self.sample_every}")
+
+    def model_config(self) -> ModelConfig:
+        """The preset with `model_overrides` applied (image shape and classes still come from the data)."""
+        preset = PRESETS[self.model]
+        for key, value in self.model_overrides.items():
+            if key not in ModelConfig.__dataclass_fields__ or key in DATA_FIELDS:
+                allowed = sorted(set(ModelConfig.__dataclass_fields__) - set(DATA_FIELDS))
+                raise ValueError(f"model override {key!r} is not allowed; choose from {allowed}")
+            default = getattr(preset, key)
+            kind = {bool: (bool, "true or false"), int: (int, "an integer"), float: ((int, float), "a number")}[type(default)]
+            if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, kind[0]):
+                raise ValueError(f"model override {key}={value!r} must be {kind[1]}")
+        return replace(preset, **self.model_overrides)  # ModelConfig checks the values
 
 
 def draw_iterations(cfg: TrainConfig, generator: torch.Generator) -> tuple[int, int]:
@@ -208,9 +225,10 @@ class Trainer:
         if cfg.subset:
             self.x, self.y = self.x[: cfg.subset], self.y[: cfg.subset]
         torch.manual_seed(cfg.seed)  # weight init only; every later draw uses self.gen
-        self.model = build_model(cfg.model, timestep_cond_pre_post=cfg.timestep_cond_pre_post,
+        model_cfg = cfg.model_config()
+        self.model = build_model(model_cfg, timestep_cond_pre_post=cfg.timestep_cond_pre_post,
                                  input_size=self.x.shape[-1], in_channels=self.x.shape[1],
-                                 num_classes=max(PRESETS[cfg.model].num_classes, int(self.y.max()) + 1)).to(self.device)
+                                 num_classes=max(model_cfg.num_classes, int(self.y.max()) + 1)).to(self.device)
         # Label dropout is drawn here for the whole global batch (the same draw the embedder would make),
         # so that every rank agrees on it; the embedder itself must not drop again.
         self.label_dropout = self.model.y_embedder.dropout
@@ -298,7 +316,8 @@ class Trainer:
         ckpt = load_checkpoint(path)
         saved = TrainConfig(**{**ckpt.meta["train"], "no_grad_iters": tuple(ckpt.meta["train"]["no_grad_iters"]),
                                "grad_iters": tuple(ckpt.meta["train"]["grad_iters"])})
-        for key in ("model", "dataset", "batch_size", "method", "seed", "subset", "timestep_cond_pre_post"):
+        for key in ("model", "model_overrides", "dataset", "batch_size", "method", "seed", "subset",
+                    "timestep_cond_pre_post"):
             if getattr(saved, key) != getattr(self.cfg, key):
                 raise CheckpointError(f"cannot resume: {key} is {getattr(self.cfg, key)!r} but the checkpoint used "
                                       f"{getattr(saved, key)!r}")
@@ -404,6 +423,17 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, info: 
     return trainer
 
 
+def model_override(text: str) -> tuple[str, object]:
+    """`KEY=VALUE` -> (key, value) with VALUE read as JSON (2, 0.5, true); checked by TrainConfig."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. pre_depth=2), got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value must be a number or true/false") from None
+
+
 def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
     d = TrainConfig.__dataclass_fields__
     p = argparse.ArgumentParser(prog="python -m fpdm_core.train", description=__doc__,
@@ -411,6 +441,8 @@ def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
     p.add_argument("--run-dir", required=True, help="folder for checkpoint, metrics and samples")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly where it stopped")
     p.add_argument("--model", default=d["model"].default, choices=sorted(PRESETS), help="model preset")
+    p.add_argument("--model-override", dest="model_overrides", action="append", type=model_override, metavar="KEY=VALUE",
+                   help="replace a field of the preset, e.g. --model-override pre_depth=2 (repeatable)")
     p.add_argument("--timestep-cond-pre-post", action="store_true", help="FPDM: condition pre/post blocks on t too")
     p.add_argument("--dataset", default=d["dataset"].default, choices=DATASETS)
     p.add_argument("--data-dir", default=None,
@@ -451,6 +483,7 @@ def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
     a = p.parse_args(argv)
     fields = {k: getattr(a, k) for k in d if hasattr(a, k)}
     fields["no_grad_iters"], fields["grad_iters"] = tuple(a.no_grad_iters), tuple(a.grad_iters)
+    fields["model_overrides"] = dict(a.model_overrides or [])
     try:
         cfg = TrainConfig(**fields)
     except ValueError as e:

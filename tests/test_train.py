@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import needs_fmnist
 
-from fpdm_core.checkpoints import load_checkpoint, load_model
+from fpdm_core.checkpoints import CheckpointError, load_checkpoint, load_model
 from fpdm_core.models import FPDM, build_model
 from fpdm_core.train import TrainConfig, Trainer, draw_iterations, fpdm_train_forward, main, train
 
@@ -178,6 +178,38 @@ def test_bad_train_config_is_refused(fields, message):
         TrainConfig()
 
 
+@pytest.mark.parametrize("overrides, message", [
+    ({"depth_pre": 2}, "model override 'depth_pre' is not allowed"),
+    ({"input_size": 8}, "model override 'input_size' is not allowed"),  # the data decides it
+    ({"pre_depth": 2.5}, "pre_depth=2.5 must be an integer"),
+    ({"pre_depth": True}, "pre_depth=True must be an integer"),
+    ({"learn_sigma": 1}, "learn_sigma=1 must be true or false"),
+    ({"num_heads": 3}, "not divisible by num_heads"),  # ModelConfig's own checks apply
+])
+def test_bad_model_overrides_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(model="FPDM-tiny", model_overrides=overrides, max_steps=1)
+
+
+def test_model_overrides_travel_with_the_checkpoint_and_block_a_different_resume(fake_data, tmp_path):
+    overrides = {"pre_depth": 2, "post_depth": 3, "class_dropout": 0}  # an int is accepted for a float field
+    cfg = tiny_config(fake_data, model_overrides=overrides, max_steps=2)
+    trainer = train(cfg, tmp_path / "run", progress=False)
+    assert (len(trainer.model.blocks_pre), len(trainer.model.blocks_post)) == (2, 3)
+    assert trainer.model.config.class_dropout == 0
+    path = tmp_path / "run" / "checkpoint.safetensors"
+    assert load_checkpoint(path).meta["train"]["model_overrides"] == overrides
+    reloaded = load_model(path)
+    assert reloaded.config == trainer.ema.config
+    assert all(torch.equal(v, trainer.ema.state_dict()[k]) for k, v in reloaded.state_dict().items())
+    x, t, y = batch()
+    with torch.no_grad():  # equal weights at other addresses: kernels may round the last bit differently
+        torch.testing.assert_close(reloaded(x, t, y, max_iter=2).out, trainer.ema(x, t, y, max_iter=2).out,
+                                   rtol=0, atol=1e-6)
+    with pytest.raises(CheckpointError, match="cannot resume: model_overrides"):
+        train(tiny_config(fake_data, max_steps=3), tmp_path / "run", resume=True, progress=False)
+
+
 # ----------------------------------------------------------------------------- Trainer
 @pytest.mark.parametrize("method, check", [("jfb", lambda r: r["n_grad"] == 1), ("full", lambda r: r["n_no_grad"] == 0),
                                            ("sjfb", lambda r: 0 <= r["n_no_grad"] <= 2 and 1 <= r["n_grad"] <= 2)])
@@ -280,6 +312,20 @@ def test_main_refuses_zero_logging_intervals(tmp_path, fake_data, capsys, flag):
     with pytest.raises(SystemExit) as e:
         main(_cli(tmp_path / "r", fake_data, "--max-steps", "2", flag, "0"))
     assert e.value.code == 2 and flag.strip("-").replace("-", "_") in capsys.readouterr().err
+
+
+def test_main_model_override_flags(tmp_path, fake_data, capsys):
+    run = tmp_path / "run"
+    assert main(_cli(run, fake_data, "--model", "FPDM-tiny", "--max-steps", "1", "--model-override", "pre_depth=2",
+                     "--model-override", "learn_sigma=true")) == 0
+    assert json.loads((run / "config.json").read_text())["model_overrides"] == {"pre_depth": 2, "learn_sigma": True}
+    model = load_model(run / "checkpoint.safetensors")
+    assert model.config.pre_depth == 2 and model.config.learn_sigma
+    for flag, message in (("pre_depth", "expected KEY=VALUE"), ("pre_depth=two", "must be a number or true/false"),
+                          ("depth=2.5", "depth=2.5 must be an integer")):
+        with pytest.raises(SystemExit) as e:
+            main(_cli(tmp_path / "bad", fake_data, "--max-steps", "1", "--model-override", flag))
+        assert e.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_main_runs_writes_checkpoint_and_metrics_and_refuses_a_different_model_on_resume(tmp_path, fake_data, capsys):
