@@ -48,9 +48,10 @@ class CostModel:
 def allocate(total_iterations: int, steps: int, schedule: str = "uniform") -> list[int]:
     """Split `total_iterations` over `steps` denoising steps (sampling order, noisiest first).
 
-    Every step gets one iteration; the rest is shared in proportion to a weight per step:
-    `uniform` equal, `increasing` a ramp 1.5 -> 0.5 in sampling order (more iterations at
-    high noise, i.e. increasing with t), `decreasing` the reverse ramp. Largest remainders
+    Iterations are proportional to a weight per step, as in the authors' code: `uniform` equal,
+    `increasing` a ramp 1.5 -> 0.5 in sampling order (more iterations at high noise, i.e.
+    increasing with t), `decreasing` the reverse ramp. Every step keeps at least one iteration
+    (steps the ramp would give less are held at one and the rest re-shared); largest remainders
     round, so the result sums to exactly `total_iterations`. (`adaptive` starts from uniform.)
     """
     if schedule not in ALLOCATIONS:
@@ -61,11 +62,18 @@ def allocate(total_iterations: int, steps: int, schedule: str = "uniform") -> li
         raise ValueError(f"{total_iterations} iterations cannot give each of {steps} steps at least one")
     ramp = np.linspace(1.5, 0.5, steps) if steps > 1 else np.ones(1)
     weights = {"increasing": ramp, "decreasing": ramp[::-1]}.get(schedule, np.ones(steps))
-    share = weights / weights.sum() * (total_iterations - steps)  # (S,)
-    extra = np.floor(share).astype(int)
-    leftover = total_iterations - steps - int(extra.sum())
-    extra[np.argsort(-(share - extra), kind="stable")[:leftover]] += 1
-    return [1 + int(e) for e in extra]
+    held = np.zeros(steps, dtype=bool)  # steps held at one iteration
+    while True:
+        free = total_iterations - int(held.sum())
+        share = np.where(held, 1.0, weights * free / weights[~held].sum())  # (S,)
+        low = (share < 1) & ~held
+        if not low.any():
+            break
+        held |= low
+    base = np.floor(share).astype(int)
+    leftover = total_iterations - int(base.sum())
+    base[np.argsort(-(share - base), kind="stable")[:leftover]] += 1
+    return [int(b) for b in base]
 
 
 @dataclass(frozen=True)
@@ -148,4 +156,8 @@ def make_plan(cost: CostModel, *, steps: int | None = None, iterations: int | No
     if total < steps:
         raise ValueError(f"budget {budget} is below {steps} steps of one iteration each "
                          f"({steps * cost.step_block_evals(1)} block evaluations)")
-    return Plan(steps, allocate(total, steps, allocation), budget, allocation, rule)
+    iterations = allocate(total, steps, allocation)
+    if allocation in ("increasing", "decreasing") and max(iterations) - min(iterations) <= 1 and steps > 1:
+        rule += (f"; note: {total} iterations over {steps} steps leave no room for an {allocation} ramp, "
+                 "so this plan is uniform (more budget or fewer steps gives the ramp room)")
+    return Plan(steps, iterations, budget, allocation, rule)

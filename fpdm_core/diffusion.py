@@ -45,14 +45,21 @@ def make_betas(kind: str = "linear", num_timesteps: int = 1000) -> torch.Tensor:
     return _check_betas(betas)
 
 
-def spaced_timesteps(num_steps: int, num_timesteps: int = 1000, spacing: str = "linspace") -> list[int]:
-    """`num_steps` distinct timesteps in [0, T-1], strictly decreasing (diffusers spacing conventions)."""
+def spaced_timesteps(num_steps: int, num_timesteps: int = 1000, spacing: str = "trailing") -> list[int]:
+    """`num_steps` distinct timesteps in [0, T-1], strictly decreasing, the first always T-1.
+
+    Sampling starts from pure noise, so the first step must be the noisiest timestep (Lin et al.
+    2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed"), one step included.
+    `trailing` and `linspace` follow diffusers; `leading` is diffusers' leading grid (stride T // n)
+    shifted up with diffusers' `steps_offset` = T-1 - (n-1)(T // n) so that it, too, starts at T-1.
+    """
     if not 1 <= num_steps <= num_timesteps:
         raise ValueError(f"num_steps must be in [1, {num_timesteps}], got {num_steps}")
     if spacing == "linspace":
-        steps = np.linspace(0, num_timesteps - 1, num_steps).round()[::-1]
+        steps = np.linspace(num_timesteps - 1, 0, num_steps).round()
     elif spacing == "leading":
-        steps = (np.arange(num_steps) * (num_timesteps // num_steps))[::-1]
+        stride = num_timesteps // num_steps
+        steps = (num_timesteps - 1) - np.arange(num_steps) * stride
     elif spacing == "trailing":
         # Same values as np.arange(T, 0, -T / n), but never one element too many from float rounding.
         steps = np.round(num_timesteps - np.arange(num_steps) * (num_timesteps / num_steps)) - 1

@@ -36,8 +36,8 @@ class SamplerConfig:
     anderson_m: int = 5
     method: str = "ddim"  # ddim | ddpm
     eta: float = 0.0
-    spacing: str = "linspace"
-    cfg_scale: float = 1.0  # 1 = no guidance
+    spacing: str = "trailing"  # first step at t = T-1 (Lin et al. 2024)
+    cfg_scale: float = 3.0  # classifier-free guidance; 1 = none. 3 is the kit's headline setting
     cfg_channels: int | None = None  # guide only the first k channels (DiT's quirk: 3); None = all
     clip_x0: bool = True
     precision: str = "fp32"

@@ -70,7 +70,10 @@ def test_allocation_golden_values():
     assert allocate(23, 3, "decreasing") == [4, 8, 11]
     assert allocate(10, 4, "uniform") == [3, 3, 2, 2]
     assert allocate(10, 4, "adaptive") == [3, 3, 2, 2]  # adaptive starts from the even share
-    assert allocate(1005, 5, "increasing") == [301, 251, 201, 151, 101]  # ramp 1.5 -> 0.5
+    assert allocate(1005, 5, "increasing") == [302, 251, 201, 151, 100]  # 201 x ramp 1.5 -> 0.5
+    # two iterations a step on average: the ramp still shows (it used to round back to uniform)
+    assert allocate(20, 10, "increasing") == [3, 3, 3, 2, 2, 2, 2, 1, 1, 1]
+    assert allocate(20, 10, "decreasing") == [1, 1, 1, 2, 2, 2, 2, 3, 3, 3]
     assert allocate(7, 1, "increasing") == [7]
     assert allocate(5, 5, "decreasing") == [1] * 5
 
@@ -107,7 +110,7 @@ def test_increasing_and_decreasing_are_mirror_ramps(steps, extra):
     assert sum(inc) == sum(dec) == steps + extra
     # largest-remainder rounding may break ties differently; each step differs by at most one
     assert all(abs(a - b) <= 1 for a, b in zip(inc, dec[::-1]))
-    if extra >= 4 * steps:  # enough to see the ramp: first step gets about 3x the last
+    if extra >= steps:  # two iterations a step or more: the ramp is visible
         assert inc[0] > inc[-1] and dec[-1] > dec[0]
 
 
@@ -245,3 +248,11 @@ def test_non_adaptive_with_tolerance_stops_early_but_keeps_its_plan():
 def test_adaptive_needs_a_tolerance():
     with pytest.raises(ValueError, match="tol"):
         SamplerConfig(budget=40, allocation="adaptive")
+
+
+def test_plan_says_when_rounding_leaves_a_ramp_uniform():
+    cost = fpdm_cost(1, 1)
+    flat = make_plan(cost, budget=30, steps=10, allocation="increasing")  # one iteration a step
+    assert flat.iterations == [1] * 10 and "no room for an increasing ramp" in flat.rule
+    ramp = make_plan(cost, budget=40, steps=10, allocation="decreasing")  # two a step: a real ramp
+    assert ramp.iterations[0] < ramp.iterations[-1] and "no room" not in ramp.rule

@@ -74,7 +74,7 @@ def test_make_betas_errors():
 @pytest.mark.parametrize(
     "spacing, expected",
     [
-        ("leading", [800, 600, 400, 200, 0]),
+        ("leading", [999, 799, 599, 399, 199]),  # diffusers' leading grid + steps_offset 199
         ("trailing", [999, 799, 599, 399, 199]),
         ("linspace", [999, 749, 500, 250, 0]),
     ],
@@ -98,6 +98,14 @@ def test_spaced_timesteps_properties(data, T, spacing):
     assert len(steps) == n
     assert all(isinstance(s, int) and 0 <= s <= T - 1 for s in steps)
     assert all(a > b for a, b in zip(steps, steps[1:]))
+    assert steps[0] == T - 1  # every spacing starts at the noisiest timestep (pure noise in)
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+def test_one_step_sampler_starts_from_pure_noise(spacing):
+    """A one-step sampler denoises at t = T-1, never at t = 0 (which would return the noise)."""
+    assert spaced_timesteps(1, 1000, spacing) == [999]
+    assert spaced_timesteps(3, 1000, "leading") == [999, 666, 333]
 
 
 def test_spaced_timesteps_errors():

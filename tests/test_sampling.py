@@ -105,7 +105,7 @@ def test_spent_budget_never_exceeds_the_plan(fpdm, diffusion, cfg):
     assert record.steps[-1].spent_block_evals == record.spent_block_evals
     assert all(1 <= s.iterations <= s.max_iterations for s in record.steps)
     assert all(len(s.rel_trace) == len(s.abs_trace) == s.iterations for s in record.steps)
-    assert record.timesteps == spaced_timesteps(plan["steps"], 1000, "linspace")
+    assert record.timesteps == spaced_timesteps(plan["steps"], 1000, "trailing")
     if cfg.get("allocation") not in (None, "adaptive", "uniform"):
         assert [s.max_iterations for s in record.steps] == plan["iterations"]
     d = record.to_dict()
@@ -150,16 +150,22 @@ def test_progressive_can_be_stopped_early(fpdm, diffusion):
 def test_guidance_returns_one_image_per_label(fpdm, diffusion, channels):
     guided, record = run(fpdm, diffusion, labels=(0, 1, 2), steps=3, iterations=2, cfg_scale=4.0,
                          cfg_channels=channels)
-    plain, _ = run(fpdm, diffusion, labels=(0, 1, 2), steps=3, iterations=2)
+    plain, _ = run(fpdm, diffusion, labels=(0, 1, 2), steps=3, iterations=2, cfg_scale=1.0)
     assert guided.shape == plain.shape == (3, 1, 8, 8)
     assert not torch.allclose(guided, plain)
     assert record.spent_block_evals <= record.plan["budget"]  # cost is per image, the doubled batch is hidden
 
 
 def test_guidance_scale_one_equals_no_guidance(fpdm, diffusion):
+    """Scale 1 skips the doubled batch; the doubled batch at scale 1 gives the same images."""
     a, _ = run(fpdm, diffusion, steps=3, iterations=2, cfg_scale=1.0)
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = fpdm(torch.cat([x, x]), torch.full((6,), 999), torch.tensor([0, 1, 2, 10, 10, 10]), max_iter=2).out
+    cond = fpdm(x, torch.full((3,), 999), torch.tensor([0, 1, 2]), max_iter=2).out
+    torch.testing.assert_close(GaussianDiffusion.guided_output(out, 1.0)[:3], cond, rtol=1e-5, atol=1e-5)
+    assert SamplerConfig().cfg_scale == 3.0  # the headline default guides
     b, _ = run(fpdm, diffusion, steps=3, iterations=2)
-    assert torch.equal(a, b)
+    assert not torch.allclose(a, b)
 
 
 def test_dit_samples_through_the_same_api(dit, diffusion):
