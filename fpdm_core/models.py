@@ -9,18 +9,31 @@ fixed point (solution reuse) goes in as `z0` and comes out in the result.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, NamedTuple
+from dataclasses import asdict, dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .solvers import SolverStats, solve
 
 
 # ----------------------------------------------------------------------------- config
+# Upper limits of a config, checked before any model is built (a file's metadata can claim anything).
+# They leave room above the paper's largest setting (DiT-XL/2: 1152 wide, 28 blocks, 1000 classes,
+# 256 tokens; 1024 tokens at 512 px) and keep a refused config cheap to refuse.
+LIMITS = {"input_size": 1024, "in_channels": 64, "patch_size": 64, "hidden_size": 8192, "num_heads": 256,
+          "num_classes": 100_000, "depth": 256, "pre_depth": 256, "post_depth": 256}
+MAX_TOKENS = 16_384  # (input_size / patch_size)^2
+MAX_MLP_RATIO = 16.0
+MAX_PARAMETERS = 4_000_000_000  # about 6x DiT-XL/2 (675M)
+_BOOLS = ("learn_sigma", "timestep_cond_pre_post")
+_FLOATS = ("mlp_ratio", "class_dropout")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild a model (stored as JSON next to the weights)."""
@@ -41,18 +54,52 @@ class ModelConfig:
     timestep_cond_pre_post: bool = False  # FPDM: pre/post blocks see t_emb + y_emb (else y_emb)
 
     def __post_init__(self):
+        """Types, then ranges (`LIMITS`), then shapes, then the parameter count: all before anything is built."""
         if self.kind not in ("fpdm", "dit"):
             raise ValueError(f"kind must be 'fpdm' or 'dit', got {self.kind!r}")
-        if min(self.input_size, self.in_channels, self.patch_size, self.hidden_size, self.num_heads) < 1:
-            raise ValueError("input_size, in_channels, patch_size, hidden_size and num_heads must be >= 1")
+        for name in _BOOLS:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in _FLOATS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        for name, hi in LIMITS.items():
+            value = getattr(self, name)
+            lo = 0 if name in ("num_classes", "pre_depth", "post_depth") or (name == "depth" and self.kind == "fpdm") else 1
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            if not lo <= value <= hi:
+                raise ValueError(f"{name} must be >= {lo} and <= {hi}, got {value}")
+        if not 0 < self.mlp_ratio <= MAX_MLP_RATIO or int(self.hidden_size * self.mlp_ratio) < 1:
+            raise ValueError(f"mlp_ratio must be > 0 and <= {MAX_MLP_RATIO} (and give an MLP at least 1 wide), "
+                             f"got {self.mlp_ratio}")
+        if not 0 <= self.class_dropout < 1:
+            raise ValueError(f"class_dropout must be >= 0 and < 1, got {self.class_dropout}")
         if self.input_size % self.patch_size:
             raise ValueError(f"input_size {self.input_size} is not divisible by patch_size {self.patch_size}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.hidden_size % 4:
             raise ValueError(f"hidden_size {self.hidden_size} must be divisible by 4 (2-D sin-cos positions)")
-        if min(self.depth, self.pre_depth, self.post_depth, self.num_classes) < 0:
-            raise ValueError("depths and num_classes must be >= 0")
+        if self.num_tokens > MAX_TOKENS:
+            raise ValueError(f"(input_size / patch_size)^2 = {self.num_tokens} tokens, more than the limit {MAX_TOKENS}: "
+                             f"use a larger patch_size")
+        if self.parameter_count() > MAX_PARAMETERS:
+            raise ValueError(f"this config has {self.parameter_count():,} parameters, more than the limit "
+                             f"{MAX_PARAMETERS:,}: lower hidden_size, depths, mlp_ratio or num_classes")
+
+    def parameter_count(self) -> int:
+        """Number of parameters, computed from the sizes alone (equal to `count_parameters`, which builds on meta)."""
+        D, H, P = self.hidden_size, int(self.hidden_size * self.mlp_ratio), self.patch_size ** 2
+        block = (D * 3 * D + 3 * D) + (D * D + D) + (D * H + H + H * D + D) + (D * 6 * D + 6 * D)  # attn, MLP, adaLN
+        embed = D * self.in_channels * P + D + (256 * D + D + D * D + D) + (self.num_classes + 1) * D  # x, t, y
+        final = D * P * self.out_channels + P * self.out_channels + D * 2 * D + 2 * D
+        if self.kind == "dit":
+            return embed + self.depth * block + final
+        fixed_point = (D * D + D) + (4 * D * D + 2 * D) + (2 * D * D + D) + block  # injection, fc1, fc2, block
+        return embed + (self.pre_depth + self.post_depth) * block + fixed_point + final
 
     @property
     def out_channels(self) -> int:
@@ -67,6 +114,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"a model config must be a JSON object, got {type(d).__name__}")
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown model config fields: {sorted(unknown)}")
@@ -123,9 +172,13 @@ class LabelEmbedder(nn.Module):
         self.num_classes, self.dropout = num_classes, dropout
         self.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
 
-    def forward(self, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        if self.training and self.dropout > 0:
-            drop = torch.rand(y.shape, generator=generator, device="cpu").to(y.device) < self.dropout
+    def forward(self, y: torch.Tensor, generator: torch.Generator | None = None,
+                drop: torch.Tensor | None = None) -> torch.Tensor:
+        """drop: (B,) bool, the labels to replace by the null class, decided by the caller (e.g. drawn once
+        for a whole data-parallel batch); None draws them here (training mode, rate `dropout`)."""
+        if drop is None and self.training and self.dropout > 0:
+            drop = torch.rand(y.shape, generator=generator, device="cpu").to(y.device) < self.dropout  # (B,)
+        if drop is not None:
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
         return self.embedding_table(y)  # (B, D)
 
@@ -185,11 +238,15 @@ class FinalLayer(nn.Module):
 
 # ----------------------------------------------------------------------------- models
 class DiffusionTransformer(nn.Module):
-    """Shared DiT skeleton: embeddings, final layer, unpatchify, input checks and init."""
+    """Shared DiT skeleton: embeddings, final layer, unpatchify, input checks and init.
 
-    def __init__(self, config: ModelConfig):
+    grad_checkpoint: recompute each explicit block in backward (while autograd records), so its
+    activations are not stored; outputs, gradients and the state dict are unchanged.
+    """
+
+    def __init__(self, config: ModelConfig, *, grad_checkpoint: bool = False):
         super().__init__()
-        self.config = config
+        self.config, self.grad_checkpoint = config, grad_checkpoint
         c = config
         self.x_embedder = PatchEmbed(c.patch_size, c.in_channels, c.hidden_size)
         self.t_embedder = TimestepEmbedder(c.hidden_size)
@@ -231,11 +288,20 @@ class DiffusionTransformer(nn.Module):
                 f"got {y.min().item()}..{y.max().item()}"
             )
 
-    def embed(self, x, t, y, generator=None):
-        """Tokens (B, N, D), timestep embedding (B, D) and class embedding (B, D)."""
+    def embed(self, x, t, y, generator=None, drop_labels=None):
+        """Tokens (B, N, D), timestep embedding (B, D) and class embedding (B, D); see `LabelEmbedder`."""
         self.check_inputs(x, t, y)
         h = self.x_embedder(x) + self.pos_embed  # (B, N, D)
-        return h, self.t_embedder(t), self.y_embedder(y, generator)
+        return h, self.t_embedder(t), self.y_embedder(y, generator, drop_labels)
+
+    def run_blocks(self, blocks: nn.ModuleList, h, c):  # (B, N, D), (B, D) -> (B, N, D)
+        """Explicit blocks in order (recomputed in backward with `grad_checkpoint`)."""
+        for block in blocks:
+            if self.grad_checkpoint and torch.is_grad_enabled():
+                h = checkpoint(block, h, c, use_reentrant=False)
+            else:
+                h = block(h, c)
+        return h
 
     def unpatchify(self, x):  # (B, N, p*p*C) -> (B, C, H, W)
         c = self.config
@@ -247,16 +313,15 @@ class DiffusionTransformer(nn.Module):
 class DiT(DiffusionTransformer):
     """The explicit baseline: `depth` adaLN-Zero blocks."""
 
-    def __init__(self, config: ModelConfig):
-        super().__init__(config)
+    def __init__(self, config: ModelConfig, *, grad_checkpoint: bool = False):
+        super().__init__(config, grad_checkpoint=grad_checkpoint)
         self.blocks = nn.ModuleList(DiTBlock(config.hidden_size, config.num_heads, config.mlp_ratio) for _ in range(config.depth))
         self._init_weights()
 
-    def forward(self, x, t, y, generator=None):  # (B, C, H, W) -> (B, C_out, H, W)
-        h, t_emb, y_emb = self.embed(x, t, y, generator)
+    def forward(self, x, t, y, generator=None, drop_labels=None):  # (B, C, H, W) -> (B, C_out, H, W)
+        h, t_emb, y_emb = self.embed(x, t, y, generator, drop_labels)
         c = t_emb + y_emb  # (B, D)
-        for block in self.blocks:
-            h = block(h, c)
+        h = self.run_blocks(self.blocks, h, c)
         return self.unpatchify(self.final_layer(h, c))
 
 
@@ -278,8 +343,8 @@ class FPDMOutput(NamedTuple):
 class FPDM(DiffusionTransformer):
     """Fixed Point Diffusion Model: pre blocks -> weight-tied fixed-point block -> post blocks."""
 
-    def __init__(self, config: ModelConfig):
-        super().__init__(config)
+    def __init__(self, config: ModelConfig, *, grad_checkpoint: bool = False):
+        super().__init__(config, grad_checkpoint=grad_checkpoint)
         D, H, r = config.hidden_size, config.num_heads, config.mlp_ratio
         self.blocks_pre = nn.ModuleList(DiTBlock(D, H, r) for _ in range(config.pre_depth))
         self.block_pre_projection = nn.Linear(D, D)  # input injection
@@ -289,12 +354,11 @@ class FPDM(DiffusionTransformer):
         self.blocks_post = nn.ModuleList(DiTBlock(D, H, r) for _ in range(config.post_depth))
         self._init_weights()
 
-    def encode(self, x, t, y, generator=None) -> Encoded:
-        h, t_emb, y_emb = self.embed(x, t, y, generator)
+    def encode(self, x, t, y, generator=None, drop_labels=None) -> Encoded:
+        h, t_emb, y_emb = self.embed(x, t, y, generator, drop_labels)
         c_fp = t_emb + y_emb  # (B, D)
         c_io = c_fp if self.config.timestep_cond_pre_post else y_emb
-        for block in self.blocks_pre:
-            h = block(h, c_io)
+        h = self.run_blocks(self.blocks_pre, h, c_io)  # (B, N, D)
         return Encoded(h, self.block_pre_projection(h), c_fp, c_io)
 
     def fixed_point_map(self, z, inj, c_fp):
@@ -304,16 +368,17 @@ class FPDM(DiffusionTransformer):
         return self.block_fixed_point(u, c_fp)
 
     def decode(self, z, c_io):  # (B, N, D) -> (B, C_out, H, W)
-        for block in self.blocks_post:
-            z = block(z, c_io)
+        z = self.run_blocks(self.blocks_post, z, c_io)
         return self.unpatchify(self.final_layer(z, c_io))
 
-    def forward(self, x, t, y, *, z0=None, max_iter: int = 12, generator=None, **solver_kwargs) -> FPDMOutput:
+    def forward(self, x, t, y, *, z0=None, max_iter: int = 12, generator=None, drop_labels=None,
+                **solver_kwargs) -> FPDMOutput:
         """Denoiser output via the solver (`solvers.solve` options pass through).
 
         z0: initial iterate (B, N, D), e.g. the previous timestep's solution; None starts at x_pre.
+        drop_labels: (B,) bool, labels to replace by the null class (see `LabelEmbedder`).
         """
-        enc = self.encode(x, t, y, generator)
+        enc = self.encode(x, t, y, generator, drop_labels)
         if z0 is None:
             z0 = enc.x_pre.detach()
         elif z0.shape != enc.x_pre.shape:
@@ -341,14 +406,17 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
-def build_model(config: ModelConfig | str, **overrides) -> DiT | FPDM:
-    """Build a model from a config or a preset name; keyword overrides replace config fields."""
+def build_model(config: ModelConfig | str, *, grad_checkpoint: bool = False, **overrides) -> DiT | FPDM:
+    """Build a model from a config or a preset name; keyword overrides replace config fields.
+
+    grad_checkpoint: recompute the explicit blocks in backward (see `DiffusionTransformer`).
+    """
     if isinstance(config, str):
         if config not in PRESETS:
             raise ValueError(f"unknown preset {config!r}; choose one of {sorted(PRESETS)}")
         config = PRESETS[config]
     config = replace(config, **overrides)
-    return (FPDM if config.kind == "fpdm" else DiT)(config)
+    return (FPDM if config.kind == "fpdm" else DiT)(config, grad_checkpoint=grad_checkpoint)
 
 
 def count_parameters(config: ModelConfig | str, **overrides) -> int:

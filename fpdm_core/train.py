@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -33,13 +31,12 @@ from .checkpoints import CheckpointError, load_checkpoint, restore_training, sav
 from .data import DATASETS, load_dataset
 from .devices import PRECISIONS, autocast, pick_device, resolve_precision
 from .diffusion import GaussianDiffusion
-from .models import FPDM, PRESETS, DiTBlock, ModelConfig, build_model
+from .models import FPDM, PRESETS, ModelConfig, build_model
 
 METHODS = ("sjfb", "jfb", "full")
 # ModelConfig fields the trainer sets itself: the data decides the image shape, the flag has its own option
 DATA_FIELDS = ("kind", "input_size", "in_channels", "timestep_cond_pre_post")
 CHECKPOINT_NAME = "checkpoint.safetensors"
-DEBUG_DUMP_ENV = "FPDM_DEBUG_DUMP_DIR"  # set: every rank writes its final weights there (rank{r}.safetensors)
 
 
 @dataclass
@@ -117,14 +114,16 @@ def draw_iterations(cfg: TrainConfig, generator: torch.Generator) -> tuple[int, 
 
 
 def fpdm_train_forward(model: FPDM, x_t, t, y, n_no_grad: int, n_grad: int, *, recompute_iters: bool = False,
-                       generator: torch.Generator | None = None, fixed_point_map=None) -> torch.Tensor:
+                       generator: torch.Generator | None = None, drop_labels: torch.Tensor | None = None,
+                       fixed_point_map=None) -> torch.Tensor:
     """S-JFB forward: n_no_grad iterations without a graph from x_pre, then n_grad with one.
 
     The initial iterate is detached, so the pre blocks get gradient only through the injection.
+    drop_labels: (B,) bool, labels to replace by the null class (None: the model draws them).
     fixed_point_map: a stand-in for `model.fixed_point_map` with the same signature (e.g. compiled).
     """
     f = fixed_point_map or model.fixed_point_map
-    enc = model.encode(x_t, t, y, generator)
+    enc = model.encode(x_t, t, y, generator, drop_labels)
     z = enc.x_pre.detach()  # (B, N, D)
     if n_no_grad:
         with torch.no_grad():
@@ -158,31 +157,12 @@ class TrainForward(torch.nn.Module):
         self.fixed_point_map = torch.compile(model.fixed_point_map, **kw) if compile and self.fpdm else None
         self.dit_forward = torch.compile(model.forward, **kw) if compile and not self.fpdm else None
 
-    def forward(self, x_t, t, y, n_no_grad: int = 0, n_grad: int = 1) -> torch.Tensor:  # (B, C_out, H, W)
+    def forward(self, x_t, t, y, n_no_grad: int = 0, n_grad: int = 1,
+                drop_labels: torch.Tensor | None = None) -> torch.Tensor:  # (B, C_out, H, W)
         if self.fpdm:
             return fpdm_train_forward(self.model, x_t, t, y, n_no_grad, n_grad, recompute_iters=self.recompute_iters,
-                                      fixed_point_map=self.fixed_point_map)
-        return (self.dit_forward or self.model)(x_t, t, y)
-
-
-def _checkpointed_block(block: DiTBlock, x, c):
-    if torch.is_grad_enabled():
-        return recompute(DiTBlock.forward, block, x, c, use_reentrant=False)
-    return DiTBlock.forward(block, x, c)
-
-
-def checkpoint_explicit_blocks(model: torch.nn.Module) -> int:
-    """Recompute the explicit blocks (DiT `blocks`, FPDM `blocks_pre`/`blocks_post`) in backward.
-
-    Activation memory of those blocks drops to their inputs; each costs one extra forward in
-    backward. The weight-tied fixed-point iterations have their own switch (`recompute`).
-    Names and the state dict are unchanged (the blocks' `forward` is replaced per instance, so
-    make copies such as the EMA before calling this). Returns the number of blocks changed.
-    """
-    blocks = [*model.blocks_pre, *model.blocks_post] if isinstance(model, FPDM) else list(model.blocks)
-    for block in blocks:
-        block.forward = functools.partial(_checkpointed_block, block)
-    return len(blocks)
+                                      drop_labels=drop_labels, fixed_point_map=self.fixed_point_map)
+        return (self.dit_forward or self.model)(x_t, t, y, drop_labels=drop_labels)
 
 
 def enable_tf32(device: torch.device) -> bool:
@@ -226,16 +206,11 @@ class Trainer:
             self.x, self.y = self.x[: cfg.subset], self.y[: cfg.subset]
         torch.manual_seed(cfg.seed)  # weight init only; every later draw uses self.gen
         model_cfg = cfg.model_config()
-        self.model = build_model(model_cfg, timestep_cond_pre_post=cfg.timestep_cond_pre_post,
+        self.model = build_model(model_cfg, grad_checkpoint=cfg.grad_checkpoint,
+                                 timestep_cond_pre_post=cfg.timestep_cond_pre_post,
                                  input_size=self.x.shape[-1], in_channels=self.x.shape[1],
                                  num_classes=max(model_cfg.num_classes, int(self.y.max()) + 1)).to(self.device)
-        # Label dropout is drawn here for the whole global batch (the same draw the embedder would make),
-        # so that every rank agrees on it; the embedder itself must not drop again.
-        self.label_dropout = self.model.y_embedder.dropout
-        self.model.y_embedder.dropout = 0.0
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
-        if cfg.grad_checkpoint:
-            checkpoint_explicit_blocks(self.model)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.diffusion = GaussianDiffusion().to(self.device)
         self.gen = torch.Generator().manual_seed(cfg.seed)  # identical on every rank: keep draws global
@@ -267,12 +242,12 @@ class Trainer:
         if isinstance(self.model, FPDM):
             n_ng, n_g = draw_iterations(self.cfg, self.gen)
             info = {"n_no_grad": n_ng, "n_grad": n_g}
-        if self.label_dropout > 0:
-            drop = shard(torch.rand((Bg,), generator=self.gen) < self.label_dropout).to(y.device)  # (B,)
-            y = torch.where(drop, torch.full_like(y, self.model.config.num_classes), y)
+        # label dropout is drawn here for the whole global batch, so that every rank agrees on it
+        rate = self.model.config.class_dropout
+        drop = shard(torch.rand((Bg,), generator=self.gen) < rate if rate > 0 else torch.zeros(Bg, dtype=torch.bool))
 
         def model_fn(x_t, tt):
-            return self.forward_module(x_t, tt, y, n_ng, n_g)
+            return self.forward_module(x_t, tt, y, n_ng, n_g, drop.to(y.device))
 
         with autocast(self.device, self.precision):
             loss, _ = self.diffusion.training_loss(model_fn, x0, t, noise)
@@ -413,13 +388,6 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool, info: 
     bar.close()
     if main_rank and (trainer.step_count != last_save or not ckpt_path.exists()):
         trainer.save(ckpt_path, elapsed + time.monotonic() - start)
-    if os.environ.get(DEBUG_DUMP_ENV):  # for tests: every rank's final weights, to check that they agree
-        from safetensors.torch import save_file
-
-        dump = Path(os.environ[DEBUG_DUMP_ENV])
-        dump.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()},
-                  dump / f"rank{info.rank}.safetensors")
     return trainer
 
 

@@ -12,9 +12,8 @@ from safetensors.torch import load_file
 
 from fpdm_core import distributed
 from fpdm_core.checkpoints import load_checkpoint
-from fpdm_core.models import build_model
-from fpdm_core.train import (DEBUG_DUMP_ENV, TrainConfig, Trainer, TrainForward, checkpoint_explicit_blocks,
-                             enable_tf32, fpdm_train_forward, parse_args, train)
+from fpdm_core.models import DiTBlock, build_model
+from fpdm_core.train import TrainConfig, Trainer, TrainForward, enable_tf32, fpdm_train_forward, parse_args, train
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -50,14 +49,16 @@ def test_global_batch_must_split_evenly():
 
 
 # ----------------------------------------------------------------------------- the DDP-facing forward
-def perturbed(name, seed=0):
-    """A model with small random weights everywhere (at init adaLN-Zero makes most blocks the identity)."""
+def perturbed(name, seed=0, **options):
+    """A model with small random weights everywhere (at init adaLN-Zero makes most blocks the identity).
+
+    Label dropout is random: off, so that two passes are comparable.
+    """
     torch.manual_seed(seed)
-    model = build_model(name)
+    model = build_model(name, class_dropout=0.0, **options)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    model.y_embedder.dropout = 0.0  # label dropout is random: off, so that two passes are comparable
     return model
 
 
@@ -92,18 +93,35 @@ def test_train_forward_is_the_s_jfb_path_and_touches_every_parameter():
 
 
 @pytest.mark.parametrize("name", ["FPDM-tiny", "DiT-tiny"])
-def test_gradient_checkpointing_changes_memory_not_numbers(name):
-    model = perturbed(name)
-    keys = list(model.state_dict())
-    fwd = TrainForward(model)
-    ref = loss_and_grads(lambda x, t, y: fwd(x, t, y, 1, 2), model)
-    assert checkpoint_explicit_blocks(model) == (2 if name.startswith("FPDM") else 4)
-    got = loss_and_grads(lambda x, t, y: fwd(x, t, y, 1, 2), model)
+def test_gradient_checkpointing_changes_memory_not_numbers(name, monkeypatch):
+    model, checkpointed = perturbed(name), perturbed(name, grad_checkpoint=True)
+    assert list(model.state_dict()) == list(checkpointed.state_dict())
+    ref = loss_and_grads(lambda x, t, y: TrainForward(model)(x, t, y, 1, 2), model)
+    calls, block_forward = [], DiTBlock.forward
+
+    def counted(block, x, c):
+        calls.append(block)
+        return block_forward(block, x, c)
+
+    monkeypatch.setattr(DiTBlock, "forward", counted)
+    got = loss_and_grads(lambda x, t, y: TrainForward(checkpointed)(x, t, y, 1, 2), checkpointed)
     assert_same(got, ref, rtol=1e-6, atol=1e-7)
-    assert list(model.state_dict()) == keys
-    with torch.no_grad():  # sampling path untouched
+    explicit = [*checkpointed.blocks_pre, *checkpointed.blocks_post] if name.startswith("FPDM") else checkpointed.blocks
+    runs = [sum(c is b for c in calls) for b in explicit]
+    assert runs == [2] * len(explicit)  # each explicit block ran again in backward
+    calls.clear()
+    with torch.no_grad():  # sampling: no recomputation
         x, t, y = batch()
-        model.eval()(x, t, y)
+        checkpointed.eval()(x, t, y)
+    assert [sum(c is b for c in calls) for b in explicit] == [1] * len(explicit)
+
+
+def test_trainer_patches_nothing():
+    """Gradient checkpointing and label dropout are options of the model, not edits of its instance."""
+    cfg = TrainConfig(model="FPDM-tiny", dataset="digits", batch_size=8, max_steps=1, grad_checkpoint=True)
+    trainer = Trainer(cfg)
+    assert trainer.model.grad_checkpoint and trainer.model.y_embedder.dropout == trainer.model.config.class_dropout > 0
+    assert not any("forward" in vars(m) for m in trainer.model.modules())
 
 
 def test_compiled_fixed_point_map_matches_eager():
@@ -174,6 +192,27 @@ def metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+TRAIN_AND_DUMP = """
+import os, sys
+from pathlib import Path
+from safetensors.torch import save_file
+import fpdm_core.train as T
+
+train = T.train
+
+
+def train_and_dump(*args, **kwargs):
+    trainer = train(*args, **kwargs)
+    weights = {k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}
+    save_file(weights, Path(sys.argv[1]) / f"rank{os.environ['RANK']}.safetensors")
+    return trainer
+
+
+T.train = train_and_dump
+sys.exit(T.main(sys.argv[2:]))
+"""
+
+
 @needs_fmnist
 def test_torchrun_two_cpu_ranks_follow_one_process_and_resume(tmp_path):
     single = tmp_path / "single"
@@ -181,12 +220,15 @@ def test_torchrun_two_cpu_ranks_follow_one_process_and_resume(tmp_path):
     ref = metrics(single)
 
     ddp, dump = tmp_path / "ddp", tmp_path / "dump"
-    env = {**os.environ, DEBUG_DUMP_ENV: str(dump), "OMP_NUM_THREADS": "1"}
+    dump.mkdir()
+    script = tmp_path / "train_and_dump.py"  # the train CLI, then every rank writes its final weights
+    script.write_text(TRAIN_AND_DUMP)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for k in distributed.ENV_VARS:
         env.pop(k, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           "-m", "fpdm_core.train", "--run-dir", str(ddp), *cli(FLAGS), "--max-steps", "4", "--threads", "1",
+           str(script), str(dump), "--run-dir", str(ddp), *cli(FLAGS), "--max-steps", "4", "--threads", "1",
            "--no-progress"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -290,6 +290,19 @@ def test_label_dropout_only_in_training_and_reproducible_with_a_generator():
     assert torch.equal(model.y_embedder(y), table[y])
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_a_given_drop_mask_replaces_the_random_label_dropout(training):
+    model = build_model("FPDM-tiny", input_size=8, class_dropout=0.5).train(training)
+    y, drop = torch.arange(10), torch.arange(10) % 3 == 0  # (10,), (10,)
+    table = model.y_embedder.embedding_table.weight
+    assert torch.equal(model.y_embedder(y, drop=drop), table[torch.where(drop, 10, y)])
+    assert torch.equal(model.y_embedder(y, drop=torch.zeros(10, dtype=torch.bool)), table[y])  # no dropout at all
+    x, t = torch.randn(10, 1, 8, 8), torch.full((10,), 500)
+    with torch.no_grad():  # the mask reaches the embedder through the model
+        assert torch.equal(model(x, t, y, drop_labels=drop, max_iter=2).out,
+                           model(x, t, torch.where(drop, 10, y), drop_labels=torch.zeros_like(drop), max_iter=2).out)
+
+
 # ----------------------------------------------------------------------------- state-dict names (notes)
 BLOCK_KEYS = [f"{m}.{w}" for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "adaLN_modulation.1")
               for w in ("weight", "bias")]
