@@ -177,7 +177,7 @@ def test_safetensors_without_our_metadata_is_refused(tmp_path):
 @pytest.mark.parametrize("meta, message", [
     ("{not json", "unreadable metadata"),
     (json.dumps({"format": FORMAT}), "unreadable metadata"),
-    (json.dumps({"format": FORMAT, "model": {"hidden_size": 33}}), "unreadable metadata"),
+    (json.dumps({"format": FORMAT, "model": {"hidden_size": 33}}), "invalid model config: hidden_size 33"),
     (json.dumps({"format": "fpdm-kit/99", "model": {}}), "has format 'fpdm-kit/99'"),
 ])
 def test_bad_metadata_is_refused(tmp_path, meta, message):
@@ -198,10 +198,15 @@ def test_weights_that_do_not_match_the_stored_config_are_refused(tmp_path):
     bad = tmp_path / "mismatch.safetensors"
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     atomic_save(tensors, bad, {"fpdm": json.dumps({"format": FORMAT, "model": other.config.to_dict()})})
-    with pytest.raises(CheckpointError, match="do not match the stored model config"):
-        load_model(bad)
-    with pytest.raises(CheckpointError, match="no 'ema' weights|no 'nonsense' weights"):
-        load_model(bad, weights="nonsense")
+    for read in (load_checkpoint, load_model):  # refused from the header, before any model is built
+        with pytest.raises(CheckpointError, match="do not match the stored model config: model.pos_embed") as e:
+            read(bad)
+        _assert_readable(e.value, bad)
+
+
+def test_unknown_weight_group_is_refused(good):
+    with pytest.raises(CheckpointError, match="holds no 'nonsense' weights"):
+        load_model(good, weights="nonsense")
 
 
 # ----------------------------------------------------------------------------- load_model
