@@ -121,7 +121,3 @@ def rank0_decides(flag: bool, info: DistInfo, device: torch.device) -> bool:
     dist.broadcast(t, src=0)
     return bool(t.item())
 
-
-def barrier(info: DistInfo) -> None:
-    if info.enabled:
-        dist.barrier()

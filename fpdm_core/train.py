@@ -32,6 +32,7 @@ from .data import DATASETS, load_dataset
 from .devices import PRECISIONS, autocast, pick_device, resolve_precision
 from .diffusion import GaussianDiffusion
 from .models import FPDM, PRESETS, ModelConfig, build_model
+from .solvers import solve
 
 METHODS = ("sjfb", "jfb", "full")
 # ModelConfig fields the trainer sets itself: the data decides the image shape, the flag has its own option
@@ -115,27 +116,30 @@ def draw_iterations(cfg: TrainConfig, generator: torch.Generator) -> tuple[int, 
 
 def fpdm_train_forward(model: FPDM, x_t, t, y, n_no_grad: int, n_grad: int, *, recompute_iters: bool = False,
                        generator: torch.Generator | None = None, drop_labels: torch.Tensor | None = None,
-                       fixed_point_map=None) -> torch.Tensor:
+                       fixed_point_map=None, return_stats: bool = False):
     """S-JFB forward: n_no_grad iterations without a graph from x_pre, then n_grad with one.
 
-    The initial iterate is detached, so the pre blocks get gradient only through the injection.
+    The no-grad phase is `solvers.solve` (Picard, exactly n_no_grad evaluations). The initial
+    iterate is detached, so the pre blocks get gradient only through the injection.
     drop_labels: (B,) bool, labels to replace by the null class (None: the model draws them).
     fixed_point_map: a stand-in for `model.fixed_point_map` with the same signature (e.g. compiled).
+    Returns the output (B, C_out, H, W), or with `return_stats` (output, SolverStats of the
+    no-grad phase, None when n_no_grad is 0).
     """
     f = fixed_point_map or model.fixed_point_map
     enc = model.encode(x_t, t, y, generator, drop_labels)
-    z = enc.x_pre.detach()  # (B, N, D)
+    z, stats = enc.x_pre.detach(), None  # (B, N, D)
     if n_no_grad:
         with torch.no_grad():
             inj, c = enc.inj.detach(), enc.c_fp.detach()
-            for _ in range(n_no_grad):
-                z = f(z, inj, c)
+            z, stats = solve(lambda v: f(v, inj, c), z, max_iter=n_no_grad, method="picard", label="S-JFB no-grad phase")
     for _ in range(n_grad):
         if recompute_iters:
             z = recompute(f, z, enc.inj, enc.c_fp, use_reentrant=False)
         else:
             z = f(z, enc.inj, enc.c_fp)
-    return model.decode(z, enc.c_io)
+    out = model.decode(z, enc.c_io)
+    return (out, stats) if return_stats else out
 
 
 class TrainForward(torch.nn.Module):
@@ -157,12 +161,14 @@ class TrainForward(torch.nn.Module):
         self.fixed_point_map = torch.compile(model.fixed_point_map, **kw) if compile and self.fpdm else None
         self.dit_forward = torch.compile(model.forward, **kw) if compile and not self.fpdm else None
 
-    def forward(self, x_t, t, y, n_no_grad: int = 0, n_grad: int = 1,
-                drop_labels: torch.Tensor | None = None) -> torch.Tensor:  # (B, C_out, H, W)
+    def forward(self, x_t, t, y, n_no_grad: int = 0, n_grad: int = 1, drop_labels: torch.Tensor | None = None):
+        """(output (B, C_out, H, W), final relative residual of the no-grad phase (B,) or None)."""
         if self.fpdm:
-            return fpdm_train_forward(self.model, x_t, t, y, n_no_grad, n_grad, recompute_iters=self.recompute_iters,
-                                      drop_labels=drop_labels, fixed_point_map=self.fixed_point_map)
-        return (self.dit_forward or self.model)(x_t, t, y, drop_labels=drop_labels)
+            out, stats = fpdm_train_forward(self.model, x_t, t, y, n_no_grad, n_grad,
+                                            recompute_iters=self.recompute_iters, drop_labels=drop_labels,
+                                            fixed_point_map=self.fixed_point_map, return_stats=True)
+            return out, (stats.final_rel if stats is not None else None)
+        return (self.dit_forward or self.model)(x_t, t, y, drop_labels=drop_labels), None
 
 
 def enable_tf32(device: torch.device) -> bool:
@@ -246,11 +252,19 @@ class Trainer:
         rate = self.model.config.class_dropout
         drop = shard(torch.rand((Bg,), generator=self.gen) < rate if rate > 0 else torch.zeros(Bg, dtype=torch.bool))
 
+        residuals = []
+
         def model_fn(x_t, tt):
-            return self.forward_module(x_t, tt, y, n_ng, n_g, drop.to(y.device))
+            out, residual = self.forward_module(x_t, tt, y, n_ng, n_g, drop.to(y.device))
+            residuals.append(residual)
+            return out
 
         with autocast(self.device, self.precision):
             loss, _ = self.diffusion.training_loss(model_fn, x0, t, noise)
+        if isinstance(self.model, FPDM):  # the global batch's mean final relative residual of the no-grad phase
+            res = residuals[0]
+            info["fp_residual"] = None if res is None else \
+                distributed.all_reduce_mean(res.mean().to(self.device), self.dist).item()
         return loss.float(), info
 
     def step(self) -> dict:

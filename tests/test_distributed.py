@@ -86,7 +86,7 @@ def test_train_forward_is_the_s_jfb_path_and_touches_every_parameter():
     model = perturbed("FPDM-tiny")
     ref = loss_and_grads(lambda x, t, y: fpdm_train_forward(model, x, t, y, 2, 3), model)
     wrapped = TrainForward(model)
-    got = loss_and_grads(lambda x, t, y: wrapped(x, t, y, 2, 3), model)
+    got = loss_and_grads(lambda x, t, y: wrapped(x, t, y, 2, 3)[0], model)
     assert_same(got, ref, rtol=0, atol=0)
     assert [k for k, _ in wrapped.named_parameters()] == [f"model.{k}" for k, _ in model.named_parameters()]
     assert all(g.abs().sum() > 0 for k, g in got[1].items() if "y_embedder" not in k)  # no unused parameters
@@ -96,7 +96,7 @@ def test_train_forward_is_the_s_jfb_path_and_touches_every_parameter():
 def test_gradient_checkpointing_changes_memory_not_numbers(name, monkeypatch):
     model, checkpointed = perturbed(name), perturbed(name, grad_checkpoint=True)
     assert list(model.state_dict()) == list(checkpointed.state_dict())
-    ref = loss_and_grads(lambda x, t, y: TrainForward(model)(x, t, y, 1, 2), model)
+    ref = loss_and_grads(lambda x, t, y: TrainForward(model)(x, t, y, 1, 2)[0], model)
     calls, block_forward = [], DiTBlock.forward
 
     def counted(block, x, c):
@@ -104,7 +104,7 @@ def test_gradient_checkpointing_changes_memory_not_numbers(name, monkeypatch):
         return block_forward(block, x, c)
 
     monkeypatch.setattr(DiTBlock, "forward", counted)
-    got = loss_and_grads(lambda x, t, y: TrainForward(checkpointed)(x, t, y, 1, 2), checkpointed)
+    got = loss_and_grads(lambda x, t, y: TrainForward(checkpointed)(x, t, y, 1, 2)[0], checkpointed)
     assert_same(got, ref, rtol=1e-6, atol=1e-7)
     explicit = [*checkpointed.blocks_pre, *checkpointed.blocks_post] if name.startswith("FPDM") else checkpointed.blocks
     runs = [sum(c is b for c in calls) for b in explicit]
@@ -127,10 +127,10 @@ def test_trainer_patches_nothing():
 def test_compiled_fixed_point_map_matches_eager():
     """torch.compile through dynamo + AOTAutograd ("aot_eager": no C++ code generation, fast on a CPU)."""
     model = perturbed("FPDM-tiny")
-    ref = loss_and_grads(TrainForward(model).forward, model)
+    ref = loss_and_grads(lambda x, t, y: TrainForward(model)(x, t, y)[0], model)
     compiled = TrainForward(model, compile="aot_eager")
     assert compiled.fixed_point_map is not None
-    got = loss_and_grads(compiled.forward, model)
+    got = loss_and_grads(lambda x, t, y: compiled(x, t, y)[0], model)
     assert_same(got, ref, rtol=1e-5, atol=1e-6)
 
 
@@ -248,6 +248,7 @@ def test_torchrun_two_cpu_ranks_follow_one_process_and_resume(tmp_path):
         assert (a["n_no_grad"], a["n_grad"]) == (b["n_no_grad"], b["n_grad"])
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+        assert a["fp_residual"] == (None if b["fp_residual"] is None else pytest.approx(b["fp_residual"], rel=1e-4))
 
     # resumable, here on one process: steps 5-6 continue the same trajectory
     resumed = train(TrainConfig(**FLAGS, max_steps=6), ddp, resume=True, progress=False)

@@ -154,6 +154,49 @@ def test_training_forward_computes_the_same_output_as_the_solver_forward():
     assert torch.allclose(out, reference, atol=1e-6)
 
 
+def hand_loop_forward(model, x, t, y, n_no_grad, n_grad):
+    """The S-JFB forward as it was written before it went through `solve` (the reference)."""
+    enc = model.encode(x, t, y)
+    z = enc.x_pre.detach()
+    with torch.no_grad():
+        for _ in range(n_no_grad):
+            z = model.fixed_point_map(z, enc.inj.detach(), enc.c_fp.detach())
+    for _ in range(n_grad):
+        z = model.fixed_point_map(z, enc.inj, enc.c_fp)
+    return model.decode(z, enc.c_io)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("n_no_grad, n_grad", [(0, 2), (1, 1), (4, 3)])
+def test_the_no_grad_phase_through_solve_equals_the_hand_loop_bit_for_bit(precision, n_no_grad, n_grad):
+    model = perturbed()
+    autocast = torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16")
+    results = []
+    for forward in (hand_loop_forward, fpdm_train_forward):
+        model.zero_grad(set_to_none=True)
+        with autocast:
+            loss = forward(model, *batch(), n_no_grad, n_grad).float().square().mean()
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (ref_loss, ref_grads), (loss, grads) = results
+    assert torch.equal(loss, ref_loss)
+    assert all(torch.equal(a, b) for a, b in zip(grads, ref_grads))
+
+
+def test_no_grad_stats_are_the_residuals_of_the_picard_iterations():
+    model = perturbed()
+    x, t, y = batch()
+    out, stats = fpdm_train_forward(model, x, t, y, n_no_grad=3, n_grad=1, return_stats=True)
+    assert stats.iterations == 3 and stats.rel_trace.shape == (3, 3)
+    with torch.no_grad():  # by hand: the 3rd map evaluation against the 2nd iterate
+        enc = model.encode(x, t, y)
+        z2 = model.fixed_point_map(model.fixed_point_map(enc.x_pre, enc.inj, enc.c_fp), enc.inj, enc.c_fp)
+        f3 = model.fixed_point_map(z2, enc.inj, enc.c_fp)
+    rel = (f3 - z2).flatten(1).norm(dim=1) / (f3.flatten(1).norm(dim=1) + 1e-9)  # (B,)
+    torch.testing.assert_close(stats.final_rel, rel, rtol=1e-5, atol=0)
+    assert fpdm_train_forward(model, x, t, y, n_no_grad=0, n_grad=1, return_stats=True)[1] is None
+
+
 def test_jfb_gradient_differs_from_full_backprop():
     """With the same 4 iterations, one-step JFB and backprop through all of them give different gradients."""
     model = perturbed()
@@ -217,13 +260,16 @@ def test_trainer_steps_record_the_iteration_draws(fake_data, method, check):
     trainer = Trainer(tiny_config(fake_data, method=method))
     rows = [trainer.step() for _ in range(3)]
     assert all(check(r) and np.isfinite(r["loss"]) for r in rows)
+    for r in rows:  # the no-grad phase's final relative residual, when it ran
+        assert (r["fp_residual"] is None) == (r["n_no_grad"] == 0)
+        assert r["fp_residual"] is None or 0 < r["fp_residual"] < 10
     assert [r["step"] for r in rows] == [1, 2, 3] and rows[0]["lr"] == pytest.approx(1e-3)  # warm-up: 1/2 of lr
 
 
 def test_trainer_trains_dit_too(fake_data):
     trainer = Trainer(tiny_config(fake_data, model="DiT-tiny"))
     row = trainer.step()
-    assert np.isfinite(row["loss"]) and "n_grad" not in row
+    assert np.isfinite(row["loss"]) and "n_grad" not in row and "fp_residual" not in row
 
 
 @needs_fmnist
