@@ -81,3 +81,11 @@ def iterations_bar_plotly(record, title: str = "iterations per timestep"):
     fig.update_layout(title=title, xaxis_title="timestep t (sampling order)", yaxis_title="iterations",
                       xaxis_type="category", margin=dict(l=60, r=20, t=40, b=40))
     return fig
+
+
+def write_html(fig, path: str | Path, div_id: str) -> Path:
+    """A plotly figure as HTML that loads the one local `plotly.min.js` next to it (works offline), with a fixed
+    element id, so the same figure always gives the same bytes."""
+    path = Path(path)
+    fig.write_html(path, include_plotlyjs="directory", div_id=div_id, full_html=True)
+    return path
