@@ -83,30 +83,46 @@ class Split:
     block_evals: int  # total per image
 
 
-def splits_for_budget(cost: CostModel, budget: int) -> list[Split]:
-    """Every (steps, iterations per step) split that fits `budget`, using it as fully as possible."""
+NUM_TIMESTEPS = 1000  # the diffusion's training timesteps (DDPM/DiT): no plan has more sampling steps
+
+
+def splits_for_budget(cost: CostModel, budget: int, num_timesteps: int = NUM_TIMESTEPS) -> list[Split]:
+    """Every (steps, iterations per step) split that fits `budget`, using it as fully as possible.
+
+    One split per step count S <= num_timesteps, with the most iterations that fit, k = budget // S - explicit;
+    S is kept unless the same k also fits more steps (S + 1 is then listed with that k). Ordered by
+    iterations (fewest first). O(min(budget, num_timesteps)) work.
+    """
+    if budget < 1 or num_timesteps < 1:
+        raise ValueError(f"budget and num_timesteps must be >= 1, got {budget} and {num_timesteps}")
     if cost.kind == "dit":
-        steps = budget // cost.explicit_blocks
+        steps = min(budget // cost.explicit_blocks, num_timesteps)
         return [Split(steps, 0, steps * cost.explicit_blocks)] if steps else []
     out = []
-    for k in range(1, budget - cost.explicit_blocks + 1):
-        steps = budget // cost.step_block_evals(k)
-        split = Split(steps, k, steps * cost.step_block_evals(k))
-        if out and steps == out[-1].steps:
-            out[-1] = split  # same step count with more iterations: the budget is used more fully
-        elif steps:
-            out.append(split)
+    for steps in range(min(num_timesteps, budget // cost.step_block_evals(1)), 0, -1):
+        k = budget // steps - cost.explicit_blocks
+        if min(num_timesteps, budget // cost.step_block_evals(k)) == steps:
+            out.append(Split(steps, k, steps * cost.step_block_evals(k)))
     return out
 
 
-def timestep_smoothing(cost: CostModel, budget: int, min_iterations: int = 2) -> Split:
-    """Rule: the most timesteps such that each still gets `min_iterations` fixed-point iterations."""
-    options = splits_for_budget(cost, budget)
-    fitting = [s for s in options if s.iterations >= min_iterations or cost.kind == "dit"]
-    if not fitting:
-        need = cost.step_block_evals(min_iterations)
-        raise ValueError(f"budget {budget} is below one step's cost with {min_iterations} iterations ({need} block evaluations)")
-    return max(fitting, key=lambda s: (s.steps, s.iterations))
+def timestep_smoothing(cost: CostModel, budget: int, min_iterations: int = 2,
+                       num_timesteps: int = NUM_TIMESTEPS) -> Split:
+    """Rule: the most timesteps (at most num_timesteps) such that each still gets `min_iterations` iterations.
+
+    Of the splits with that many steps, the one with the most iterations: O(1) work for any budget.
+    """
+    if budget < 1 or num_timesteps < 1:
+        raise ValueError(f"budget and num_timesteps must be >= 1, got {budget} and {num_timesteps}")
+    if cost.kind == "dit":
+        per_step = cost.explicit_blocks
+    else:
+        per_step = cost.step_block_evals(min_iterations)
+    steps = min(budget // per_step, num_timesteps)
+    if steps < 1:
+        raise ValueError(f"budget {budget} is below one step's cost with {min_iterations} iterations ({per_step} block evaluations)")
+    k = budget // steps - cost.explicit_blocks if cost.kind == "fpdm" else 0
+    return Split(steps, k, steps * cost.step_block_evals(k))
 
 
 @dataclass(frozen=True)
