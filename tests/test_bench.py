@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from fpdm_core import bench
-from fpdm_core.models import PRESETS
+from fpdm_core.bench import ablations, convergence, depth, harness, memory, params, quality, report
 
 
 def load(out, name: str) -> dict:
@@ -53,12 +54,12 @@ def test_params_reproduces_the_xl_reduction(tmp_path):
     assert xl["reduction_pct"] == pytest.approx(87.2, abs=0.1)
     assert xl["fpdm_params"] == pytest.approx(86.5e6, rel=1e-3) and xl["dit_params"] == pytest.approx(674.8e6, rel=1e-3)
     assert sum(d["results"]["breakdown"]["FPDM-XL/2"].values()) == xl["fpdm_params"]
-    assert "87.2% fewer parameters than DiT-XL/2" in bench.verdicts_params(d)[0]["sentence"]
-    assert bench.verdicts_params(d)[0]["status"] == "reproduced"
+    assert "87.2% fewer parameters than DiT-XL/2" in params.verdicts(d)[0]["sentence"]
+    assert params.verdicts(d)[0]["status"] == "reproduced"
 
 
 def test_memory_configs_give_each_role_once():
-    rows = bench.memory_configs((1, 3, 6, 12))
+    rows = memory.memory_configs((1, 3, 6, 12))
     keys = [(r["kind"], r["n_no_grad"], r["n_grad"], r["recompute"]) for r in rows]
     assert len(keys) == len(set(keys)) == 8
     roles = [role for r in rows for role in r["roles"]]
@@ -71,12 +72,12 @@ def test_memory_configs_give_each_role_once():
 def test_meta_estimate_matches_the_cpu(preset, n_grad):
     """The meta-device trace counts what a real CPU step saves for backward (attention kernels may differ a bit)."""
     from fpdm_core.diffusion import GaussianDiffusion
-    from fpdm_core.models import build_model
+    from fpdm_core.models import PRESETS, build_model
 
     est = bench.estimate_step_memory(PRESETS[preset], 8, n_no_grad=2, n_grad=n_grad)
     torch.manual_seed(0)
     model = build_model(preset).train()
-    saved, loss = bench.saved_tensor_bytes(model, lambda: bench._training_loss(
+    saved, loss = bench.saved_tensor_bytes(model, lambda: memory._training_loss(
         model, GaussianDiffusion(), 8, n_no_grad=2, n_grad=n_grad))
     assert torch.isfinite(loss)
     assert est["activation_bytes"] == pytest.approx(saved, rel=0.15)
@@ -96,7 +97,7 @@ def test_memory(bench_out):
     assert by[12]["activation_bytes"] > by[1]["activation_bytes"]
     # the paper's scale is estimated in every mode: DiT-XL/2's 16 B/param alone is over 10 GiB
     dit = next(r for r in paper["rows"] if "dit" in r["roles"])
-    assert dit["estimate"]["weights_grads_adamw_bytes"] > 10 * bench.GiB
+    assert dit["estimate"]["weights_grads_adamw_bytes"] > 10 * harness.GiB
     assert 50 < paper["savings_estimated_pct"]["worst"] < paper["savings_estimated_pct"]["average"] < 95
 
 
@@ -120,9 +121,9 @@ def test_quality(bench_out):
     check_common(d, "quality", bench_out)
     rows = d["results"]["rows"]
     assert {r["budget_dit_steps"] for r in rows} == {2, 5}
-    assert len(rows) == 2 * len(bench.quality_variants(2))
+    assert len(rows) == 2 * len(quality.quality_variants(2))
     done = [r for r in rows if "skipped" not in r]
-    assert {r["variant"] for r in done} == {v for v, _, _ in bench.quality_variants(2)}
+    assert {r["variant"] for r in done} == {v for v, _, _ in quality.quality_variants(2)}
     for r in done:
         assert r["fcd"] >= 0 and 0 <= r["accuracy"] <= 1
         assert 0 < r["block_evals_per_image"] <= r["budget"]  # a budget is never exceeded
@@ -147,53 +148,146 @@ def test_convergence(bench_out):
 def test_ablations(bench_out):
     d = load(bench_out, "ablations")
     check_common(d, "ablations", bench_out)
-    rows = {r["name"]: r for r in d["results"]["rows"]}
-    assert len(rows) == len(bench.ablation_runs())
-    assert all(r["steps"] >= 1 and r["steps_per_s"] > 0 and r["final_loss"] > 0 for r in rows.values())
-    p00, p11, p22 = (rows[f"pre/post {k}/{k}" + (", S-JFB 0-10/1-12" if k == 1 else "")] for k in (0, 1, 2))
-    assert p00["params"] < p11["params"] < p22["params"]
-    mem = {k: rows[k]["worst_case_memory_bytes"] for k in ("JFB (n_grad = 1)", "full backprop")}
-    assert mem["JFB (n_grad = 1)"] < p11["worst_case_memory_bytes"] < mem["full backprop"]
-    assert all(r.get("fcd") is not None for r in rows.values())
-    assert not any(name.startswith("_ablation") for name in PRESETS)  # temporary presets are removed
+    rows = d["results"]["rows"]
+    assert {(r["variant"], r["seed"]) for r in rows} == {(v, s) for v in ablations.VARIANTS for s in (0, 1)}
+    assert all(r["steps"] == r["target_steps"] == 3 and r["final_loss"] > 0 for r in rows)
+    assert all(r["accuracy_ci"][0] <= r["accuracy"] <= r["accuracy_ci"][1] and r["n"] == 20 for r in rows)
+    by = {r["variant"]: r for r in rows if r["seed"] == 0}
+    assert by["pre/post 2/2"]["params"] > by[ablations.BASELINE]["params"]
+    mem = {v: by[v]["worst_case_memory_bytes"] for v in ablations.VARIANTS}
+    assert mem["JFB (n_grad = 1)"] < mem[ablations.BASELINE] < mem["full backprop"]
+    assert mem["S-JFB U{0..4}/U{1..4}"] < mem[ablations.BASELINE]
+    comps = d["results"]["comparisons"]
+    assert [c["claim"] for c in comps] == [c for c, _, _ in ablations.COMPARISONS]
+    for c in comps:
+        assert c["n"] == 40 and len(c["per_seed_diff"]) == 2 and c["ci"][0] <= c["diff"] <= c["ci"][1]
+    # 3 training steps: near chance, so every comparison is underpowered (and the report says smoke)
+    assert all(ablations.judge(c)[0] == "inconclusive (underpowered)" for c in comps)
+
+
+def test_ablation_workers_in_parallel_processes(tmp_path, tiny_classifier):
+    """--jobs 2 spawns worker processes and gives the same rows as one process (same seeds)."""
+    args = ["ablations", "--tiny", "--classifier", str(tiny_classifier), "--precision", "fp32"]
+    assert bench.main([*args, "--out", str(tmp_path / "one")]) == 0
+    assert bench.main([*args, "--out", str(tmp_path / "two"), "--jobs", "2"]) == 0
+    one, two = (load(tmp_path / k, "ablations")["results"] for k in ("one", "two"))
+    assert [r["final_loss"] for r in one["rows"]] == pytest.approx([r["final_loss"] for r in two["rows"]], rel=1e-4)
+    assert [c["diff"] for c in one["comparisons"]] == pytest.approx([c["diff"] for c in two["comparisons"]])
+
+
+def test_depth_is_arithmetic_on_the_cost_model(tmp_path):
+    assert bench.main(["depth", "--tiny", "--out", str(tmp_path)]) == 0
+    d = load(tmp_path, "depth")
+    check_common(d, "depth", tmp_path)
+    t = next(t for t in d["results"]["table"] if t["budget"] == 560)
+    assert (t["DiT-8"], t["DiT-16"], t["DiT-28"]) == (70, 35, 20)
+    assert (t["FPDM K=1"], t["FPDM K=2"], t["FPDM K=4"]) == (186, 140, 93)  # 560 // (2 + K)
+    r = {(q["dit_depth"], q["iterations"]): q for q in d["results"]["ratios"]}
+    assert r[28, 2]["block_eval_ratio"] == pytest.approx(7.0) and r[8, 2]["block_eval_ratio"] == pytest.approx(2.0)
+    assert all(q["flop_ratio"] < q["block_eval_ratio"] for q in r.values())  # an iteration costs more than a block
+    assert all(v["status"] == "measured" for v in depth.verdicts(d))
 
 
 def test_report(bench_out):
     text = (bench_out / "RESULTS.md").read_text()
-    assert "do not edit by hand" in text and "not evidence" in text and "not run yet" not in text
-    for name in bench.COMMANDS:
+    assert "do not edit by hand" in text and "not evidence" in text and "Not run yet" not in text
+    for name in bench.BENCHMARKS:
         assert f"(`{name}`)" in text and f"![{name}]({name}.png)" in text
-    assert "FPDM-XL/2 has 87.2% fewer parameters than DiT-XL/2 (86.5M vs 674.8M; paper: 87%): reproduced." in text
+    assert "FPDM-XL/2 has 87.2% fewer parameters than DiT-XL/2 (86.5M vs 674.8M; paper: 87%" in text
     assert "could not judge" not in text and "table unavailable" not in text
+    summary = text.split("## Summary")[1].split("## Machines")[0]
+    statuses = {line.split("**")[1] for line in summary.splitlines() if "**" in line}
+    assert statuses <= {harness.SMOKE, "measured"} and harness.SMOKE in statuses  # tiny mode: no verdicts
 
 
-def test_report_from_some_results(tmp_path):
+def test_report_skips_missing_results(tmp_path):
     assert bench.main(["params", "--tiny", "--out", str(tmp_path)]) == 0
     assert bench.main(["report", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "RESULTS.md").read_text()
-    assert "reproduced" in text and "not run yet: `python -m fpdm_core.bench memory`" in text
+    assert "## 1. Parameters (`params`)" in text and "(`memory`)" not in text
+    assert "Not run yet: `python -m fpdm_core.bench memory`" in text
 
 
-def test_tie_aware_comparisons():
-    assert bench._lower(1.0, 2.0) == "reproduced"
-    assert bench._lower(2.0, 1.0) == "not reproduced"
-    assert bench._lower(1.0, 1.01) == "tie"
-    assert bench._less(60.4) == "60% less" and bench._less(-35.0) == "35% more"
+def _comparison(ci, min_accuracy=0.8, n=1000, per_seed=(0.05, 0.04)):
+    return {"claim": "x", "better": "a", "other": "b", "metric": "accuracy", "diff": sum(ci) / 2, "ci": list(ci),
+            "n": n, "per_seed_diff": list(per_seed), "min_accuracy": min_accuracy}
+
+
+@pytest.mark.parametrize("ci,min_acc,n,per_seed,status", [
+    ((0.02, 0.08), 0.8, 1000, (0.05, 0.04), "reproduced"),
+    ((-0.08, -0.02), 0.8, 1000, (-0.05, -0.04), "not reproduced"),
+    ((-0.01, 0.05), 0.8, 1000, (0.03, 0.01), "inconclusive"),  # the interval overlaps zero
+    ((0.02, 0.08), 0.8, 1000, (0.09, -0.01), "inconclusive"),  # the seeds disagree
+    ((-0.08, -0.02), 0.12, 1000, (-0.05, -0.04), "inconclusive (underpowered)"),  # a model near chance
+    ((0.02, 0.08), 0.8, 50, (0.05, 0.04), "inconclusive (underpowered)"),  # too few samples
+])
+def test_ablation_verdict_rule(ci, min_acc, n, per_seed, status):
+    assert ablations.judge(_comparison(ci, min_acc, n, per_seed))[0] == status
+
+
+def test_smoke_results_give_no_verdict():
+    c = _comparison((0.02, 0.08))
+    d = {"mode": "full", "results": {"comparisons": [c], "rows": [
+        {"variant": v, "steps_per_s": 1.0, "worst_case_memory_bytes": 1e6} for v in (ablations.BASELINE,
+                                                                                       "full backprop")]}}
+    assert report.judged(ablations, d)[0]["status"] == "reproduced"
+    for mode in harness.SMOKE_MODES:
+        found = report.judged(ablations, {**d, "mode": mode})
+        assert found[0]["status"] == harness.SMOKE and found[-1]["status"] == "measured"
+
+
+def test_convergence_verdicts_from_residuals():
+    contracting = [[0.5**i * (1 + 0.01 * s) for i in range(6)] for s in range(12)]
+    far, near = ([[v * k for v in row] for row in contracting] for k in (1.0, 0.1))
+    d = {"mode": "full", "settings": {"iterations": 6}, "results": {"runs": [
+        {"solver": sol, "reuse": reuse, "rel_residual": m, "summary": convergence.residual_summary(np.array(m))}
+        for sol in ("picard", "anderson") for reuse, m in ((False, far), (True, near))]}}
+    conv, reuse, _ = convergence.verdicts(d)
+    assert conv["status"] == "reproduced" and "0.50" in conv["sentence"]
+    assert reuse["status"] == "reproduced"
+    d["results"]["runs"][1]["rel_residual"] = far  # reuse changes nothing: the interval is [0, 0]
+    assert convergence.verdicts(d)[1]["status"] == "inconclusive"
+    few = {**d, "results": {"runs": [{**r, "rel_residual": r["rel_residual"][:4]} for r in d["results"]["runs"]]}}
+    assert convergence.verdicts(few)[0]["status"] == "inconclusive (underpowered)"
+
+
+def test_quality_verdict_on_a_paired_interval():
+    rows = [{"variant": v, "budget_dit_steps": 20, "fcd": 1.0, "accuracy": acc}
+            for v, acc in ((quality.HEADLINE, 0.8), ("DiT", 0.7))]
+    comp = {"claim": quality.COMPARISONS[0][0], "better": quality.HEADLINE, "baseline": "DiT",
+            "budget_dit_steps": 20, "budget": 160, "metric": "accuracy", "diff": 0.1, "ci": [0.05, 0.15], "n": 1000}
+    d = {"mode": "full", "results": {"rows": rows, "comparisons": [comp]}}
+    assert quality.verdicts(d)[0]["status"] == "reproduced"
+    comp["ci"] = [-0.01, 0.15]
+    assert quality.verdicts(d)[0]["status"] == "inconclusive"
+    comp["n"] = 100
+    assert quality.verdicts(d)[0]["status"] == "inconclusive (underpowered)"
+    old = {"mode": "full", "results": {"rows": rows}}  # a quality.json without intervals
+    assert {v["status"] for v in quality.verdicts(old)} == {"inconclusive (underpowered)"}
 
 
 def test_memory_verdict_from_numbers():
     rows = [{"roles": [role], "estimate_bytes": total,
              "estimate": {"weights_grads_adamw_bytes": fixed, "activation_bytes": total - fixed}}
             for role, total, fixed in (("dit", 100.0, 60.0), ("worst", 45.0, 10.0), ("average", 30.0, 10.0))]
-    d = {"mode": "quick", "results": {"settings": [
+    d = {"mode": "full", "results": {"settings": [
         {"name": "paper", "title": "XL", "measured": False, "savings_measured_pct": {},
-         "savings_estimated_pct": bench.memory_savings(rows, "estimate_bytes"), "rows": rows}]}}
-    v, parts = bench.verdicts_memory(d)
+         "savings_estimated_pct": memory.memory_savings(rows, "estimate_bytes"), "rows": rows}]}}
+    v, parts = memory.verdicts(d)
     assert v["status"] == "reproduced" and "55% less memory than DiT in the worst case" in v["sentence"]
     assert "weights, gradients and AdamW moments are 60% of DiT's peak" in parts["sentence"]
+    assert harness.less(60.4) == "60% less" and harness.less(-35.0) == "35% more"
     rows[1]["estimate_bytes"] = 60.0
-    d["results"]["settings"][0]["savings_estimated_pct"] = bench.memory_savings(rows, "estimate_bytes")
-    assert bench.verdicts_memory(d)[0]["status"] == "not reproduced"
+    d["results"]["settings"][0]["savings_estimated_pct"] = memory.memory_savings(rows, "estimate_bytes")
+    assert memory.verdicts(d)[0]["status"] == "not reproduced"
+    d["results"]["settings"][0]["mode"] = "full"  # a paper-scale measurement merged into a quick file
+    assert report.judged(memory, {**d, "mode": "quick"})[0]["status"] == "not reproduced"
+
+
+def test_every_benchmark_follows_the_contract():
+    for name, module in bench.BENCHMARKS.items():
+        assert module.NAME == name and module.TITLE and module.CLAIMS and module.__doc__
+        assert all(callable(getattr(module, f)) for f in ("run", "verdicts", "section"))
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
@@ -207,4 +301,4 @@ def test_help_lists_the_commands_not_the_hidden_one(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--help"])
     text = capsys.readouterr().out
-    assert all(name in text for name in (*bench.COMMANDS, "all", "report")) and "_memstep" not in text
+    assert all(name in text for name in (*bench.BENCHMARKS, "all", "report")) and "_memstep" not in text
