@@ -3,7 +3,9 @@
 `solve(f, z0, ...)` iterates a batched map f: (B, ...) -> (B, ...) towards a
 fixed point z* = f(z*). Every iteration evaluates f exactly once; the residual
 of iteration k is r_k = f(z_{k-1}) - z_{k-1}, measured per sample over all
-non-batch dimensions in float32.
+non-batch dimensions in float64 (float32 on MPS, which has no float64), so the norm
+of a large but finite iterate never overflows; a non-finite norm raises NonFiniteError,
+so a diverging map is never reported as converged.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ _REL_EPS = 1e-9
 
 
 class NonFiniteError(FloatingPointError):
-    """A fixed-point iteration produced NaN or inf."""
+    """A fixed-point iteration produced NaN or inf (or an iterate whose norm overflows)."""
 
 
 @dataclass
@@ -74,13 +76,20 @@ def _validate(z0, max_iter, tol, stop_mode, method, damping, anderson_m, anderso
         raise ValueError(f"tol must be > 0 (or None for a fixed iteration count), got {tol}")
 
 
-def _residuals(fz: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample (abs, rel) residual norms, computed in >= float32, returned as float32, detached."""
-    dtype = torch.promote_types(fz.dtype, torch.float32)
+def _residuals(fz: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Per-sample (abs, rel) residual norms as float32, detached, and whether every norm is finite.
+
+    Computed in float64 (float32 on MPS): in float32, ||f(z)|| overflows to inf while the
+    difference is still finite, which made the relative residual 0 for a diverging map.
+    """
+    dtype = torch.float32 if fz.device.type == "mps" else torch.float64
     fzw = fz.detach().flatten(1).to(dtype)  # (B, N)
-    abs_res = torch.linalg.vector_norm(fzw - z.detach().flatten(1).to(dtype), dim=1).float()  # (B,)
-    f_norm = torch.linalg.vector_norm(fzw, dim=1).float()  # (B,)
-    return abs_res, abs_res / (f_norm + _REL_EPS)
+    abs_res = torch.linalg.vector_norm(fzw - z.detach().flatten(1).to(dtype), dim=1)  # (B,)
+    f_norm = torch.linalg.vector_norm(fzw, dim=1)  # (B,)
+    rel_res = abs_res / (f_norm + _REL_EPS)  # (B,)
+    abs32, rel32 = abs_res.float(), rel_res.float()  # (B,), (B,)
+    finite = bool(torch.isfinite(f_norm).all() & torch.isfinite(abs32).all() & torch.isfinite(rel32).all())
+    return abs32, rel32, finite
 
 
 def _anderson_step(xs: deque, fs: deque, lam: float, beta: float) -> torch.Tensor:
@@ -142,8 +151,8 @@ def solve(
         fz = f(z)  # (B, ...)
         if fz.shape != z.shape:
             raise ValueError(f"f changed the shape from {tuple(z.shape)} to {tuple(fz.shape)}")
-        abs_res, rel_res = _residuals(fz, z)  # (B,), (B,)
-        if not bool(torch.isfinite(abs_res).all() & torch.isfinite(rel_res).all()):
+        abs_res, rel_res, finite = _residuals(fz, z)  # (B,), (B,)
+        if not finite:
             where = f"{label}, " if label else ""
             raise NonFiniteError(
                 f"non-finite fixed-point residual ({where}iteration {k}/{max_iter}, method={method}); "
