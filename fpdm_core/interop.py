@@ -21,15 +21,21 @@ holds attributes), which is what DiT's own checkpoints need.
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import pickle
+import pickletools
 import re
 import sys
+import zipfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
-from .models import DiT, FPDM, ModelConfig, build_model, sincos_pos_embed_2d
+from . import cli
+from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from .models import DiT, FPDM, LIMITS, ModelConfig, build_model, sincos_pos_embed_2d
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / accelerate, torch.compile
 WEIGHTS = ("ema", "model")
@@ -45,6 +51,72 @@ class InteropError(ValueError):
 
 
 # ----------------------------------------------------------------------------- reading
+def pickled_globals(path: str | Path, max_pickles: int = 4) -> list[str]:
+    """`module.name` of every GLOBAL / STACK_GLOBAL opcode in a torch.save file's pickle, read WITHOUT unpickling.
+
+    Zip files (torch >= 1.6) hold one `*/data.pkl`; the legacy format is a few pickles in a row. torch's
+    own rebuild functions and storages are left out, so what remains is code the pickle would import.
+    """
+    path = Path(path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+            data = z.read(name) if name else b""
+    else:
+        data = path.read_bytes()
+    stream, names = io.BytesIO(data), []
+    for _ in range(max_pickles):
+        memo, recent = {}, []
+        try:
+            for op, arg, _ in pickletools.genops(stream):
+                if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "SHORT_BINSTRING", "BINSTRING"):
+                    recent.append(arg)
+                elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and recent:
+                    memo[arg] = recent[-1]
+                elif op.name == "MEMOIZE" and recent:
+                    memo[len(memo)] = recent[-1]
+                elif op.name in ("BINGET", "LONG_BINGET", "GET") and isinstance(memo.get(arg), str):
+                    recent.append(memo[arg])
+                elif op.name in ("GLOBAL", "INST"):
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(recent) >= 2:
+                    names.append(f"{recent[-2]}.{recent[-1]}")
+        except (ValueError, EOFError, UnicodeDecodeError):
+            break
+        if stream.tell() >= len(data):
+            break
+    return sorted({n for n in names if not n.startswith(("torch.", "collections.OrderedDict", "_codecs.encode"))})
+
+
+def _pickle_refusal(path: Path, error: pickle.UnpicklingError) -> InteropError:
+    """InteropError for a file torch.load(weights_only=True) refused: say that it holds code, or that it is damaged.
+
+    torch words the refusal differently across versions ("Unsupported global: GLOBAL x", "unsupported
+    GLOBAL x whose module x is blocked"); when neither names the import, the pickle's opcodes do.
+    """
+    found = re.search(r"GLOBAL ([\w.]+)", str(error))
+    what = [found.group(1)] if found else []
+    if not what:
+        try:
+            what = pickled_globals(path)
+        except (OSError, zipfile.BadZipFile, KeyError):
+            what = []
+    if not what:
+        detail = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", str(error), re.S)
+        return InteropError(f"{path} is not a readable torch.save file (truncated, corrupt, or another format)"
+                            + (f": {cli.one_line(detail.group(1))}" if detail else ""))
+    what_s = ", ".join(what)
+    hint = ("It holds an argparse.Namespace (DiT's train.py saves its `args` that way): pass "
+            "allow_namespace=True (command line: --allow-namespace) to allow exactly that class, which "
+            "only carries attribute values and runs no code." if what == ["argparse.Namespace"] else
+            "If you trust the file, load it yourself with torch.load(path, weights_only=False) and pass "
+            "its 'ema' or 'model' state dict to import_state_dict(), or re-save only the tensors.")
+    holds = "contains" if what == ["argparse.Namespace"] else "holds code: it contains"
+    return InteropError(f"{path} {holds} a pickled Python object ({what_s}) that "
+                        f"torch.load(weights_only=True) refuses to build, because unpickling arbitrary objects can run "
+                        f"arbitrary code. {hint}")
+
+
 def read_torch_file(path: str | Path, *, allow_namespace: bool = False):
     """`torch.load(path, map_location="cpu", weights_only=True)`, with a clear error for pickled objects."""
     path = Path(path)
@@ -58,22 +130,12 @@ def read_torch_file(path: str | Path, *, allow_namespace: bool = False):
                 return torch.load(path, map_location="cpu", weights_only=True)
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if found is None:
-            raise InteropError(f"{path} is not a readable torch.save file (truncated, corrupt, or another "
-                               f"format): {str(e).strip().splitlines()[-1]}") from e
-        what = found.group(1)
-        hint = ("It holds an argparse.Namespace (DiT's train.py saves its `args` that way): pass "
-                "allow_namespace=True (command line: --allow-namespace) to allow exactly that class, which "
-                "only carries attribute values and runs no code." if what == "argparse.Namespace" else
-                "If you trust the file, load it yourself with torch.load(path, weights_only=False) and pass "
-                "its 'ema' or 'model' state dict to import_state_dict(), or re-save only the tensors.")
-        raise InteropError(
-            f"{path} contains a pickled Python object ({what}) that torch.load(weights_only=True) refuses to "
-            f"build, because unpickling arbitrary objects can run arbitrary code. {hint}") from e
-    except (RuntimeError, EOFError, OSError) as e:
+        raise _pickle_refusal(path, e) from e
+    except SafetensorError as e:  # torch.load reads .safetensors files itself (torch >= 2.13)
+        raise InteropError(f"{path} is not a readable safetensors file (truncated or corrupt): {cli.one_line(e)}") from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise InteropError(f"{path} is not a readable torch.save file (truncated, corrupt, or another format): "
-                           f"{e}") from e
+                           f"{cli.one_line(e)}") from e
 
 
 def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -162,7 +224,10 @@ def infer_config(state: dict[str, torch.Tensor], *, args: dict | None = None, nu
         raise InteropError(f"timestep frequency size {state['t_embedder.mlp.0.weight'].shape[1]} is not 256")
     if "pos_embed" not in state:
         raise InteropError("the state dict has no pos_embed, so the token grid (input size) is unknown")
-    tokens = state["pos_embed"].shape[-2]
+    tokens = state["pos_embed"].shape[-2] if state["pos_embed"].dim() == 3 else 0
+    if tuple(state["pos_embed"].shape) != (1, tokens, hidden):
+        raise InteropError(f"pos_embed should be (1, tokens, {hidden}) for hidden size {hidden}, "
+                           f"got {tuple(state['pos_embed'].shape)}")
     grid = math.isqrt(tokens)
     if grid * grid != tokens:
         raise InteropError(f"pos_embed has {tokens} tokens, not a square grid")
@@ -187,7 +252,7 @@ def infer_config(state: dict[str, torch.Tensor], *, args: dict | None = None, nu
     if args.get("unsupervised"):
         common["class_dropout"] = 0.0
     if not fpdm:
-        return ModelConfig(kind="dit", depth=len(_indices(state, "blocks")), **common)
+        return _config(kind="dit", depth=len(_indices(state, "blocks")), **common)
     from_args = args.get(PPTC_ARG)
     if timestep_cond_pre_post is None:
         if from_args is None:
@@ -199,9 +264,17 @@ def infer_config(state: dict[str, torch.Tensor], *, args: dict | None = None, nu
     elif from_args is not None and bool(from_args) != timestep_cond_pre_post:
         raise InteropError(f"timestep_cond_pre_post={timestep_cond_pre_post} contradicts the file's args.{PPTC_ARG}"
                            f"={from_args}; the flag must match how the model was trained")
-    return ModelConfig(kind="fpdm", pre_depth=len(_indices(state, "blocks_pre")),
+    return _config(kind="fpdm", pre_depth=len(_indices(state, "blocks_pre")),
                        post_depth=len(_indices(state, "blocks_post")),
                        timestep_cond_pre_post=timestep_cond_pre_post, **common)
+
+
+def _config(**fields) -> ModelConfig:
+    """ModelConfig(**fields), its refusal (a field beyond the kit's limits, say) as an InteropError."""
+    try:
+        return ModelConfig(**fields)
+    except ValueError as e:
+        raise InteropError(f"the weights describe a model this kit does not support: {e}") from e
 
 
 def _sigma_rows(t: torch.Tensor, patch: int, keep: int) -> torch.Tensor:
@@ -316,11 +389,9 @@ def _bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
 
-def main(argv=None) -> int:
-    from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-
-    p = argparse.ArgumentParser(prog="python -m fpdm_core.interop", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    p = cli.ArgumentParser(prog="python -m fpdm_core.interop", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     i = sub.add_parser("import", help="DiT / authors' FPDM .pt -> this kit's safetensors checkpoint")
     i.add_argument("path")
@@ -328,15 +399,19 @@ def main(argv=None) -> int:
     i.add_argument("--weights", default="ema", choices=WEIGHTS, help="which state dict of a training checkpoint")
     i.add_argument("--timestep-cond-pre-post", type=_bool, default=None, metavar="true|false",
                    help="FPDM: as the model was trained (default: the file's args; required when it has none)")
-    i.add_argument("--num-heads", type=int, default=None, help="default: from args.model or DiT's presets")
+    i.add_argument("--num-heads", type=cli.int_in(1, LIMITS["num_heads"]), default=None,
+                   help="default: from args.model or DiT's presets")
     i.add_argument("--drop-sigma", action="store_true", help="drop the learned-sigma output channels")
     i.add_argument("--allow-namespace", action="store_true", help="allow an argparse.Namespace `args` (DiT's files)")
     e = sub.add_parser("export", help="this kit's checkpoint -> a .pt for DiT's / the authors' code")
     e.add_argument("path")
     e.add_argument("--out", required=True, help=".pt file to write")
     e.add_argument("--pad-sigma", action="store_true", help="add zero sigma channels (their default learn_sigma=True)")
+    for s in (i, e):
+        s.add_argument("--force", action="store_true", help="replace --out if it exists")
     a = p.parse_args(argv)
     try:
+        cli.check_output_file(a.out, force=a.force, sources=[a.path])
         if a.command == "import":
             model, facts = import_checkpoint(a.path, weights=a.weights, allow_namespace=a.allow_namespace,
                                              num_heads=a.num_heads, timestep_cond_pre_post=a.timestep_cond_pre_post,
@@ -353,9 +428,8 @@ def main(argv=None) -> int:
             ema.load_state_dict({k: v.float() for k, v in (ckpt.group("ema") or ckpt.group("model")).items()})
             export_checkpoint(a.out, model, ema=ema, pad_sigma=a.pad_sigma, train_steps=ckpt.meta.get("step"))
             print(f"wrote {a.out}; their arguments: {their_args(model.config)}")
-    except (InteropError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (InteropError, CheckpointError, cli.OutputError, OSError) as err:
+        return cli.fail(err)
     return 0
 
 

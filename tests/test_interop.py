@@ -5,13 +5,14 @@ written out here, not taken from this kit's modules), so a renamed or reshaped p
 the kit fails these tests.
 """
 import argparse
+import pickle
 
 import pytest
 import torch
 
 from fpdm_core.checkpoints import load_model
 from fpdm_core.interop import (InteropError, export_checkpoint, export_state_dict, import_checkpoint,
-                               import_state_dict, infer_config, main, split_checkpoint, their_args)
+                               import_state_dict, infer_config, main, pickled_globals, split_checkpoint, their_args)
 from fpdm_core.models import ModelConfig, build_model
 
 
@@ -264,3 +265,78 @@ def test_export_checkpoint_writes_model_and_ema(tmp_path):
     assert set(loaded) == {"model", "ema", "args", "train_steps"} and loaded["train_steps"] == 7
     assert all(torch.equal(loaded["ema"][k], v) for k, v in ema.state_dict().items())
     assert ckpt["args"]["fixed_point"] is True and ckpt["args"]["image_size"] == 28 * 8
+
+
+# ----------------------------------------------------------------------------- hostile and damaged files
+class RunsCode:
+    """Pickles as a call of os.getcwd (harmless if it ever ran; a module torch.load(weights_only=True) blocks)."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.getcwd, ())
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_a_pickle_that_runs_code_is_said_to_hold_code(tmp_path, zip_format):
+    path = tmp_path / "evil.pt"
+    torch.save({"ema": their_state("dit"), "x": RunsCode()}, path, _use_new_zipfile_serialization=zip_format)
+    assert pickled_globals(path) == ["posix.getcwd"]
+    with pytest.raises(InteropError, match=r"holds code: .*\(posix.getcwd\).*arbitrary code") as e:
+        import_checkpoint(path, num_heads=2)
+    assert "corrupt" not in str(e.value)
+
+
+def test_a_refusal_worded_without_the_global_is_read_from_the_opcodes(tmp_path, monkeypatch):
+    """torch words its refusal differently across versions: the message must not depend on the wording."""
+    path = tmp_path / "evil.pt"
+    torch.save({"ema": their_state("dit"), "x": RunsCode()}, path)
+
+    def refuse(*args, **kwargs):
+        raise pickle.UnpicklingError("Weights only load failed. (some future wording)")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(InteropError, match=r"holds code: .*posix.getcwd"):
+        import_checkpoint(path, num_heads=2)
+    clean = tmp_path / "clean.pt"
+    monkeypatch.undo()
+    torch.save({"ema": their_state("dit")}, clean)
+    assert pickled_globals(clean) == []  # torch's own rebuild functions are not code to warn about
+
+
+def test_junk_files_are_one_line_errors_on_the_command_line(tmp_path, capsys):
+    junk_st = tmp_path / "junk.safetensors"
+    junk_st.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{junk}")
+    junk_pt = tmp_path / "junk.pt"
+    junk_pt.write_bytes(b"garbage" * 10)
+    for path, message in ((junk_st, "not a readable safetensors file"), (junk_pt, "not a readable torch.save file")):
+        assert main(["import", str(path), "--out", str(tmp_path / "out.safetensors")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_weights_beyond_the_limits_or_inconsistent_are_refused(tmp_path):
+    wide = their_state("dit", D=32)
+    wide["pos_embed"] = torch.zeros(1, 16, 8)  # claims another width than the patch embedding
+    with pytest.raises(InteropError, match=r"pos_embed should be \(1, tokens, 32\)"):
+        infer_config(wide, num_heads=2)
+    many = their_state("dit")
+    many["y_embedder.embedding_table.weight"] = torch.zeros(100_002, 1).expand(100_002, 32)  # no real memory
+    with pytest.raises(InteropError, match="num_classes must be >= 0 and <= 100000, got 100001"):
+        infer_config(many, num_heads=2)
+
+
+def test_outputs_are_never_overwritten_without_force(tmp_path, capsys):
+    state = their_state("dit")
+    src = tmp_path / "theirs.pt"
+    torch.save({"ema": state, "model": state, "args": {}}, src)
+    out = tmp_path / "ours.safetensors"
+    assert main(["import", str(src), "--out", str(out), "--num-heads", "2"]) == 0
+    before = out.read_bytes()
+    assert main(["import", str(src), "--out", str(out), "--num-heads", "2"]) == 2
+    assert "exists: pass --force" in capsys.readouterr().err and out.read_bytes() == before
+    assert main(["import", str(src), "--out", str(out), "--num-heads", "2", "--force"]) == 0
+    assert main(["export", str(out), "--out", str(out), "--force"]) == 2  # never over its own source
+    assert "is the input file itself" in capsys.readouterr().err and out.read_bytes() == before
+    assert main(["export", str(out), "--out", str(src)]) == 2 and "exists" in capsys.readouterr().err
