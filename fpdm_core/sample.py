@@ -2,11 +2,14 @@
 
 Writes into --out-dir: `samples.png` (one column per class), `samples.npz` (`images` uint8
 N x H x W [x C], `labels`) and `record.json` (the sampling record: plan, config, per-step
-iterations, residuals and costs, plus the checkpoint path). Bad input exits with code 2.
+iterations, residuals and costs, plus the checkpoint path). The sampler's defaults are
+`SamplerConfig`'s (the kit's headline settings). Bad input ends in one line on stderr and exit
+code 2, before any sampling starts; existing outputs are replaced only with --force.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -14,64 +17,90 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import cli
 from .budget import ALLOCATIONS
 from .checkpoints import SHIPPED, CheckpointError
 from .diffusion import SPACINGS
-from .sampling import METHODS
-from .solvers import SOLVERS, NonFiniteError
+from .models import LIMITS
+from .sampling import METHODS, SamplerConfig
+from .solvers import SOLVERS, STOP_MODES, NonFiniteError
+
+OUTPUTS = ("samples.png", "samples.npz", "record.json")
+MAX_IMAGES = 1024  # --n: all images are sampled as one batch (twice that with guidance)
+# Fixed-point iterations per step: a map that halves the residual per iteration (the shipped FPDM's)
+# reaches float32 precision in about 25; a budget that plans more per step is refused.
+MAX_ITERATIONS = 100
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(SamplerConfig)}
+UNBUDGETED = SamplerConfig()  # steps and iterations when no budget is given
 
 
 def add_sampler_args(p: argparse.ArgumentParser) -> None:
-    """The flags that build a `SamplerConfig` (shared with `python -m fpdm_core.metrics evaluate`)."""
+    """The flags that build a `SamplerConfig`, defaults taken from it (shared with `fpdm_core.metrics evaluate`)."""
+    d = DEFAULTS
     g = p.add_argument_group("sampler")
-    g.add_argument("--budget", type=int, default=None,
+    g.add_argument("--budget", type=cli.int_in(1), default=d["budget"],
                    help="block evaluations per image; alone it picks steps by timestep smoothing")
-    g.add_argument("--steps", type=int, default=None, help="denoising steps (20 without --budget)")
-    g.add_argument("--iterations", type=int, default=None,
-                   help="FPDM fixed-point iterations per step (6 without --budget; not with --budget)")
-    g.add_argument("--allocation", default="uniform", choices=ALLOCATIONS,
+    g.add_argument("--steps", type=cli.int_in(1), default=d["steps"],
+                   help=f"denoising steps ({UNBUDGETED.steps} without --budget)")
+    g.add_argument("--iterations", type=cli.int_in(1, MAX_ITERATIONS), default=d["iterations"],
+                   help=f"FPDM fixed-point iterations per step ({UNBUDGETED.iterations} without --budget; "
+                        f"not with --budget)")
+    g.add_argument("--allocation", default=d["allocation"], choices=ALLOCATIONS,
                    help="how a budget's iterations spread over the steps (adaptive needs --tol)")
-    g.add_argument("--min-iterations", type=int, default=2, help="timestep smoothing: iterations each step keeps")
-    g.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True,
+    g.add_argument("--min-iterations", type=cli.int_in(1, MAX_ITERATIONS), default=d["min_iterations"],
+                   help="timestep smoothing: iterations each step keeps")
+    g.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=d["reuse"],
                    help="start each step's solve at the previous step's fixed point")
-    g.add_argument("--solver", default="picard", choices=SOLVERS, help="fixed-point solver")
-    g.add_argument("--tol", type=float, default=None, help="stop a step early at this relative residual")
-    g.add_argument("--damping", type=float, default=1.0, help="solver damping (1 = plain iteration)")
-    g.add_argument("--method", default="ddim", choices=METHODS, help="reverse step")
-    g.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0 = deterministic)")
-    g.add_argument("--spacing", default="linspace", choices=SPACINGS, help="timestep spacing")
-    g.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
-    g.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"), help="autocast precision")
+    g.add_argument("--solver", default=d["solver"], choices=SOLVERS, help="fixed-point solver")
+    g.add_argument("--tol", type=cli.float_in(0.0, lo_open=True), default=d["tol"],
+                   help="stop a step early at this residual")
+    g.add_argument("--stop-mode", default=d["stop_mode"], choices=STOP_MODES,
+                   help="residual --tol applies to: rel = ||f(z) - z|| / ||f(z)||, abs = ||f(z) - z||")
+    g.add_argument("--damping", type=cli.float_in(0.0, 1.0, lo_open=True), default=d["damping"],
+                   help="Picard damping (1 = plain iteration)")
+    g.add_argument("--anderson-m", type=cli.int_in(1, MAX_ITERATIONS), default=d["anderson_m"],
+                   help="Anderson: iterates kept in the history")
+    g.add_argument("--method", default=d["method"], choices=METHODS, help="reverse step")
+    g.add_argument("--eta", type=cli.float_in(0.0, 1.0), default=d["eta"], help="DDIM noise (0 = deterministic)")
+    g.add_argument("--spacing", default=d["spacing"], choices=SPACINGS, help="timestep spacing")
+    g.add_argument("--cfg-scale", type=cli.float_in(0.0), default=d["cfg_scale"],
+                   help="classifier-free guidance scale (1 = none)")
+    g.add_argument("--cfg-channels", type=cli.int_in(1, LIMITS["in_channels"]), default=d["cfg_channels"],
+                   help="guide only the first K channels (DiT's quirk: 3; default: all)")
+    g.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=d["clip_x0"],
+                   help="clip the predicted clean image to [-1, 1]")
+    g.add_argument("--precision", default=d["precision"], choices=("fp32", "bf16", "auto"), help="autocast precision")
 
 
-def sampler_config_from_args(a: argparse.Namespace, p: argparse.ArgumentParser):
+def sampler_config_from_args(a: argparse.Namespace, p: argparse.ArgumentParser) -> SamplerConfig:
     """`SamplerConfig` from parsed flags; invalid combinations exit via `p.error` (code 2)."""
-    from .sampling import SamplerConfig
-
     if a.budget is not None and a.iterations is not None:
         p.error("--iterations cannot be combined with --budget (the budget decides the iterations)")
     try:
         return SamplerConfig(steps=a.steps, iterations=a.iterations, budget=a.budget, allocation=a.allocation,
                              min_iterations=a.min_iterations, reuse=a.reuse, solver=a.solver, tol=a.tol,
-                             damping=a.damping, method=a.method, eta=a.eta, spacing=a.spacing,
-                             cfg_scale=a.cfg_scale, precision=a.precision)
+                             stop_mode=a.stop_mode, damping=a.damping, anderson_m=a.anderson_m, method=a.method,
+                             eta=a.eta, spacing=a.spacing, cfg_scale=a.cfg_scale, cfg_channels=a.cfg_channels,
+                             clip_x0=a.clip_x0, precision=a.precision)
     except ValueError as e:
         p.error(str(e))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m fpdm_core.sample", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(prog="python -m fpdm_core.sample", description=__doc__,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", default=str(SHIPPED["fpdm"]), help="FPDM or DiT checkpoint (.safetensors)")
     p.add_argument("--weights", default="ema", choices=("ema", "model"), help="which weights of the checkpoint")
-    p.add_argument("--n", type=int, default=20, help="number of images")
+    p.add_argument("--n", type=cli.int_in(1, MAX_IMAGES), default=20, help="number of images (one batch)")
     p.add_argument("--classes", type=int, nargs="+", default=None, metavar="ID",
                    help="class ids to cycle through, one grid column each (id num_classes = unconditional; None = every class)")
     add_sampler_args(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the torch.Generator that draws all noise")
+    p.add_argument("--seed", type=cli.int_in(0, cli.MAX_SEED), default=0,
+                   help="seed of the torch.Generator that draws all noise (0..2**32-1: torch keeps 32 bits)")
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:N or mps")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (None = torch's default)")
-    p.add_argument("--out-dir", default="runs/samples", help="folder for samples.png, samples.npz, record.json")
+    p.add_argument("--threads", type=cli.threads_type(), default=None, help="torch CPU threads (None = torch's default)")
+    p.add_argument("--out-dir", default="runs/samples", help=f"folder for {', '.join(OUTPUTS)}")
+    p.add_argument("--force", action="store_true", help="replace outputs already in --out-dir")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -93,8 +122,19 @@ def missing_checkpoint_message(path: Path) -> str:
             f"--run-dir runs/fpdm --max-minutes 60`, then pass `--checkpoint runs/fpdm/checkpoint.safetensors`")
 
 
-def run(a: argparse.Namespace, config) -> Path:
-    """Sample as the parsed flags say and write the three outputs; returns the output folder."""
+def check_plan(plan: dict) -> None:
+    """Refuse a plan that gives a step more than MAX_ITERATIONS fixed-point iterations (a budget far too large)."""
+    most = max(plan["iterations"], default=0)
+    if most > MAX_ITERATIONS:
+        raise ValueError(f"budget {plan['budget']} plans {most} fixed-point iterations for a step, more than the "
+                         f"limit {MAX_ITERATIONS}: lower --budget or raise --steps")
+
+
+def run(a: argparse.Namespace, config: SamplerConfig) -> Path:
+    """Sample as the parsed flags say and write the three outputs; returns the output folder.
+
+    Everything that can be refused (out-dir, checkpoint, classes, plan) is checked before sampling.
+    """
     from tqdm.auto import tqdm
 
     from .checkpoints import load_model
@@ -104,6 +144,7 @@ def run(a: argparse.Namespace, config) -> Path:
     from .plots import save_grid
     from .sampling import new_record, sample_progressive
 
+    out = cli.check_out_dir(a.out_dir, OUTPUTS, force=a.force)
     path = Path(a.checkpoint)
     if not path.is_file():
         raise CheckpointError(missing_checkpoint_message(path))
@@ -112,13 +153,13 @@ def run(a: argparse.Namespace, config) -> Path:
     diffusion = GaussianDiffusion().to(device)
     labels = class_labels(a.n, a.classes, model.config.num_classes)  # (n,)
     record = new_record(model, diffusion, config)  # raises ValueError for an impossible budget
+    check_plan(record.plan)
     steps = sample_progressive(model, diffusion, labels, config, generator=torch.Generator().manual_seed(a.seed),
                                device=device, record=record)
     with tqdm(steps, total=len(record.timesteps), desc="sampling", disable=a.no_progress, dynamic_ncols=True) as bar:
         for step in bar:
             bar.set_postfix(t=step.record.t, iters=step.record.iterations, spent=step.record.spent_block_evals)
             images = step.x_t  # (n, C, H, W)
-    out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     images = images.float().cpu()
     period = len(a.classes) if a.classes else (model.config.num_classes or 1)
@@ -138,11 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     try:
         out = run(a, config)
-    except (CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (CheckpointError, cli.OutputError, ValueError, OSError) as e:
+        return cli.fail(e)
+    except NonFiniteError as e:  # the model diverged: not bad input, but still one line
+        print(f"error: {cli.one_line(e)}", file=sys.stderr)
         return 1
     print(f"wrote {out / 'samples.png'}, {out / 'samples.npz'} and {out / 'record.json'}")
     return 0

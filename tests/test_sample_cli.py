@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fpdm_core.sample import class_labels, main
+from fpdm_core.sample import build_parser, class_labels, main, sampler_config_from_args
+from fpdm_core.sampling import SamplerConfig
 
 FAST = ["--steps", "3", "--iterations", "2", "--no-progress"]
 
@@ -75,8 +77,9 @@ def test_class_labels_cycle():
     (["--budget", 3], "budget 3 is below"),  # FPDM-tiny: one step with 2 iterations costs 4
     (["--classes", 11], "out of range"),
     (["--classes", -1], "out of range"),
-    (["--n", 0], "--n must be >= 1"),
     (["--steps", 1001, "--iterations", 1], "num_steps must be in"),
+    (["--budget", 10**12], "more than the limit 100: lower --budget"),  # planned in milliseconds, then refused
+    (["--steps", 5, "--budget", 10**9], "more than the limit 100"),
 ])
 def test_bad_requests_exit_2(tiny_checkpoints, tmp_path, capsys, argv, message):
     assert run_cli(["--checkpoint", tiny_checkpoints["fpdm"], "--no-progress", "--out-dir", tmp_path, *argv]) == 2
@@ -88,14 +91,27 @@ def test_bad_requests_exit_2(tiny_checkpoints, tmp_path, capsys, argv, message):
 @pytest.mark.parametrize("argv, message", [
     (["--solver", "newton"], "invalid choice"),
     (["--bogus-flag"], "unrecognized arguments"),
-    (["--n", "many"], "invalid int value"),
+    (["--n", "many"], "argument --n: expected an integer, got 'many'"),
     (["--allocation", "adaptive", "--budget", "40"], "needs a residual tolerance"),
     (["--budget", "40", "--iterations", "3"], "cannot be combined with --budget"),
-    (["--cfg-scale", "-1"], "cfg_scale must be >= 0"),
+    (["--cfg-scale", "-1"], "argument --cfg-scale: must be a finite number >= 0.0"),
+    (["--cfg-scale", "nan"], "argument --cfg-scale: must be a finite number"),
+    (["--n", "0"], "argument --n: must be an integer in 1..1024, got 0"),
+    (["--n", str(10**9)], "argument --n: must be an integer in 1..1024"),
+    (["--threads", "-1"], "argument --threads: must be an integer in 1.."),
+    (["--budget", "1e12"], "argument --budget: expected an integer, got '1e12'"),
+    (["--budget", "0"], "argument --budget: must be an integer >= 1"),
+    (["--iterations", "101"], "argument --iterations: must be an integer in 1..100"),
+    (["--seed", "-1"], "argument --seed: must be an integer in 0..4294967295"),
+    (["--seed", str(2**32)], "argument --seed: must be an integer in 0..4294967295"),
+    (["--damping", "0"], "argument --damping: must be a finite number > 0.0 and <= 1.0"),
+    (["--tol", "0"], "argument --tol: must be a finite number > 0.0"),
+    (["--eta", "inf"], "argument --eta: must be a finite number"),
 ])
-def test_bad_flags_exit_2(tmp_path, capsys, argv, message):
+def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, argv, message):
     assert run_cli(["--out-dir", tmp_path, *argv]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_missing_and_corrupt_checkpoints(tmp_path, capsys):
@@ -108,3 +124,48 @@ def test_missing_and_corrupt_checkpoints(tmp_path, capsys):
     assert run_cli(["--checkpoint", corrupt, "--out-dir", tmp_path, "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "not a readable safetensors checkpoint" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- defaults and outputs
+def test_defaults_are_the_sampler_configs_and_help_says_them():
+    p = build_parser()
+    assert sampler_config_from_args(p.parse_args([]), p) == SamplerConfig()
+    text = p.format_help()
+    d = SamplerConfig()
+    for flag, value in (("--cfg-scale", d.cfg_scale), ("--spacing", d.spacing), ("--solver", d.solver),
+                        ("--method", d.method), ("--eta", d.eta)):
+        entry = text[text.index("\n  " + flag + " ") + 3:]  # the option's help, not the usage line
+        assert f"(default: {value})" in " ".join(entry[:entry.index("\n  -")].split()), flag
+
+
+def test_out_dir_problems_are_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    import fpdm_core.checkpoints
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the model was loaded before the out-dir was checked")
+
+    monkeypatch.setattr(fpdm_core.checkpoints, "load_model", no_work)
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    cases = [(a_file, "is a file, not a folder"), (a_file / "sub", "is a file, not a folder")]
+    if sys.platform == "linux":  # sysfs refuses new files, even to root
+        cases.append((Path("/sys/fpdm-samples"), "is not writable"))
+    for out, message in cases:
+        assert run_cli(["--out-dir", out, "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "samples.npz").write_bytes(b"earlier results")
+    assert run_cli(["--out-dir", full, "--no-progress"]) == 2
+    assert "already holds samples.npz: pass --force" in capsys.readouterr().err
+    assert (full / "samples.npz").read_bytes() == b"earlier results"
+
+
+def test_force_replaces_earlier_outputs(tiny_checkpoints, tmp_path):
+    out = tmp_path / "s"
+    argv = ["--checkpoint", tiny_checkpoints["dit"], "--n", 2, "--steps", 2, "--no-progress", "--out-dir", out]
+    assert run_cli(argv + ["--seed", 1]) == 0
+    first = (out / "samples.npz").read_bytes()
+    assert run_cli(argv + ["--seed", 2]) == 2 and (out / "samples.npz").read_bytes() == first
+    assert run_cli(argv + ["--seed", 2, "--force"]) == 0 and (out / "samples.npz").read_bytes() != first
