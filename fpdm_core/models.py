@@ -383,8 +383,28 @@ class FPDM(DiffusionTransformer):
             z0 = enc.x_pre.detach()
         elif z0.shape != enc.x_pre.shape:
             raise ValueError(f"z0 must have shape {tuple(enc.x_pre.shape)}, got {tuple(z0.shape)}")
-        z, stats = solve(lambda z: self.fixed_point_map(z, enc.inj, enc.c_fp), z0, max_iter=max_iter, **solver_kwargs)
+        z, stats = solve_outside_autocast(lambda z: self.fixed_point_map(z, enc.inj, enc.c_fp), z0, max_iter=max_iter,
+                                          **solver_kwargs)
         return FPDMOutput(self.decode(z, enc.c_io), z, stats)
+
+
+def solve_outside_autocast(f, z0: torch.Tensor, **solver_kwargs) -> tuple[torch.Tensor, SolverStats]:
+    """`solvers.solve` with the caller's autocast (e.g. bf16) applied to `f` only.
+
+    Residual norms and Anderson's least-squares mixing then run in >= float32: autocast would
+    otherwise turn their matrix products into bf16. Without autocast this is just `solve`.
+    """
+    device = z0.device.type
+    if not torch.is_autocast_enabled(device):
+        return solve(f, z0, **solver_kwargs)
+    dtype = torch.get_autocast_dtype(device)
+
+    def f_autocast(z):
+        with torch.autocast(device, dtype):
+            return f(z)
+
+    with torch.autocast(device, enabled=False):
+        return solve(f_autocast, z0, **solver_kwargs)
 
 
 # ----------------------------------------------------------------------------- registry

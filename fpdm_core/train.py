@@ -31,8 +31,7 @@ from .checkpoints import CheckpointError, load_checkpoint, restore_training, sav
 from .data import DATASETS, load_dataset
 from .devices import PRECISIONS, autocast, pick_device, resolve_precision
 from .diffusion import GaussianDiffusion
-from .models import FPDM, PRESETS, ModelConfig, build_model
-from .solvers import solve
+from .models import FPDM, PRESETS, ModelConfig, build_model, solve_outside_autocast
 
 METHODS = ("sjfb", "jfb", "full")
 # ModelConfig fields the trainer sets itself: the data decides the image shape, the flag has its own option
@@ -132,7 +131,8 @@ def fpdm_train_forward(model: FPDM, x_t, t, y, n_no_grad: int, n_grad: int, *, r
     if n_no_grad:
         with torch.no_grad():
             inj, c = enc.inj.detach(), enc.c_fp.detach()
-            z, stats = solve(lambda v: f(v, inj, c), z, max_iter=n_no_grad, method="picard", label="S-JFB no-grad phase")
+            z, stats = solve_outside_autocast(lambda v: f(v, inj, c), z, max_iter=n_no_grad, method="picard",
+                                              label="S-JFB no-grad phase")
     for _ in range(n_grad):
         if recompute_iters:
             z = recompute(f, z, enc.inj, enc.c_fp, use_reentrant=False)
@@ -452,7 +452,7 @@ def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
                    help="torch.compile the fixed-point map (FPDM) or the model (DiT); first steps are slow")
     p.add_argument("--no-tf32", dest="tf32", action="store_false", help="CUDA: keep float32 matmuls in full float32")
     p.add_argument("--precision", default=d["precision"].default, choices=PRECISIONS,
-                   help="auto = bf16 autocast on CUDA and on CPUs with fast bf16")
+                   help="auto = bf16 autocast on CUDA and on CPUs with AMX")
     p.add_argument("--device", default=d["device"].default, help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=d["seed"].default)

@@ -389,3 +389,40 @@ def test_config_round_trips_through_a_dict_and_refuses_unknown_fields():
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown model config fields"):
         ModelConfig.from_dict({**cfg.to_dict(), "deq_mode": True})
+
+
+# ----------------------------------------------------------------------------- bf16 autocast
+@pytest.mark.parametrize("method", ["picard", "anderson"])
+def test_under_autocast_only_the_map_runs_in_bf16_and_the_solver_in_float32(monkeypatch, method):
+    import fpdm_core.models as models
+
+    model = perturbed("FPDM-tiny", input_size=8)
+    x, t, y = inputs(model.config)
+    seen = []
+
+    def spy_solve(f, z0, **kw):  # the solver's own arithmetic (residuals, Anderson mixing) sees no autocast
+        seen.append(("solver", torch.is_autocast_enabled("cpu")))
+        return solve(lambda z: seen.append(("map", torch.is_autocast_enabled("cpu"))) or f(z), z0, **kw)
+
+    monkeypatch.setattr(models, "solve", spy_solve)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        out, z, stats = model(x, t, y, max_iter=4, method=method)
+    assert seen == [("solver", False)] + [("map", False)] * 4  # the spy sits outside the map's own autocast
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all() and stats.rel_trace.dtype == torch.float32
+    monkeypatch.undo()
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        map_dtypes = []
+        model.block_fixed_point.register_forward_hook(lambda m, i, o: map_dtypes.append(o.dtype))
+        model(x, t, y, max_iter=2, method=method)
+    assert map_dtypes == [torch.bfloat16] * 2  # ... while the map itself is in bf16
+
+
+def test_bf16_picard_equals_solving_inside_autocast_bit_for_bit():
+    """Picard has no matrix products of its own: moving the solver out of autocast changes no bit."""
+    model = perturbed("FPDM-tiny", input_size=8)
+    x, t, y = inputs(model.config)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        out = model(x, t, y, max_iter=3).out
+        enc = model.encode(x, t, y)
+        z, _ = solve(lambda z: model.fixed_point_map(z, enc.inj, enc.c_fp), enc.x_pre, max_iter=3)
+        assert torch.equal(out, model.decode(z, enc.c_io))
