@@ -45,31 +45,27 @@ class ArgumentParser(argparse.ArgumentParser):
 def int_in(lo: int, hi: int | None = None) -> Callable[[str], int]:
     """argparse type: an integer in lo..hi (hi None: no upper limit)."""
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        value = int(text)  # a ValueError reads "invalid int value: 'x'", as for type=int
         if value < lo or (hi is not None and value > hi):
             raise argparse.ArgumentTypeError(f"must be an integer in {lo}..{hi}, got {value}" if hi is not None
                                              else f"must be an integer >= {lo}, got {value}")
         return value
 
+    parse.__name__ = "int"
     return parse
 
 
 def float_in(lo: float, hi: float = math.inf, *, lo_open: bool = False) -> Callable[[str], float]:
     """argparse type: a finite number in [lo, hi] ((lo, hi] with lo_open)."""
     def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        value = float(text)  # a ValueError reads "invalid float value: 'x'", as for type=float
         low_ok = value > lo if lo_open else value >= lo
         if not (math.isfinite(value) and low_ok and value <= hi):
             bounds = f"{'>' if lo_open else '>='} {lo}" + (f" and <= {hi}" if hi < math.inf else "")
             raise argparse.ArgumentTypeError(f"must be a finite number {bounds}, got {text!r}")
         return value
 
+    parse.__name__ = "float"
     return parse
 
 
@@ -113,14 +109,15 @@ def check_output_file(path: str | Path, *, force: bool = False, sources: Iterabl
     return path
 
 
-def check_out_dir(folder: str | Path, outputs: Iterable[str], *, force: bool = False) -> Path:
+def check_out_dir(folder: str | Path, outputs: Iterable[str] = (), *, force: bool = False,
+                  flag: str = "--out-dir") -> Path:
     """An output folder that is (or can become) a writable folder, holding none of `outputs` unless force."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise OutputError(f"--out-dir {folder} is a file, not a folder")
-    _check_writable_folder(folder, "--out-dir")
+        raise OutputError(f"{flag} {folder} is a file, not a folder")
+    _check_writable_folder(folder, flag)
     present = [name for name in outputs if (folder / name).exists()]
     if present and not force:
-        raise OutputError(f"--out-dir {folder} already holds {', '.join(present)}: pass --force to replace them, "
-                          f"or choose another --out-dir")
+        raise OutputError(f"{flag} {folder} already holds {', '.join(present)}: pass --force to replace them, "
+                          f"or choose another {flag}")
     return folder

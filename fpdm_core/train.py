@@ -26,8 +26,9 @@ import torch
 from torch.utils.checkpoint import checkpoint as recompute
 from tqdm.auto import tqdm
 
-from . import distributed
-from .checkpoints import CheckpointError, load_checkpoint, restore_training, save_checkpoint
+from . import cli, distributed
+from .checkpoints import (CheckpointError, check_resumable, load_checkpoint, remove_stale_temp_files,
+                          restore_training, save_checkpoint)
 from .data import DATASETS, load_dataset
 from .devices import PRECISIONS, autocast, pick_device, resolve_precision
 from .diffusion import GaussianDiffusion
@@ -418,10 +419,12 @@ def model_override(text: str) -> tuple[str, object]:
 
 def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
     d = TrainConfig.__dataclass_fields__
-    p = argparse.ArgumentParser(prog="python -m fpdm_core.train", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(prog="python -m fpdm_core.train", description=__doc__,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--run-dir", required=True, help="folder for checkpoint, metrics and samples")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly where it stopped")
+    p.add_argument("--force", action="store_true",
+                   help="start a new run in a --run-dir that holds an earlier one (deletes its checkpoint and metrics)")
     p.add_argument("--model", default=d["model"].default, choices=sorted(PRESETS), help="model preset")
     p.add_argument("--model-override", dest="model_overrides", action="append", type=model_override, metavar="KEY=VALUE",
                    help="replace a field of the preset, e.g. --model-override pre_depth=2 (repeatable)")
@@ -430,13 +433,14 @@ def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
     p.add_argument("--data-dir", default=None,
                    help="dataset folder (Fashion-MNIST IDX files, your image folder, or latents from "
                         "`python -m fpdm_core.latents encode`)")
-    p.add_argument("--subset", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--subset", type=cli.int_in(1), default=None, help="use only the first N training images")
     p.add_argument("--batch-size", type=int, default=d["batch_size"].default)
-    p.add_argument("--lr", type=float, default=d["lr"].default, help="AdamW learning rate")
-    p.add_argument("--weight-decay", type=float, default=d["weight_decay"].default)
-    p.add_argument("--warmup-steps", type=int, default=d["warmup_steps"].default, help="linear lr warm-up")
-    p.add_argument("--grad-clip", type=float, default=d["grad_clip"].default, help="max gradient norm")
-    p.add_argument("--ema-decay", type=float, default=d["ema_decay"].default)
+    p.add_argument("--lr", type=cli.float_in(0.0, lo_open=True), default=d["lr"].default, help="AdamW learning rate")
+    p.add_argument("--weight-decay", type=cli.float_in(0.0), default=d["weight_decay"].default)
+    p.add_argument("--warmup-steps", type=cli.int_in(0), default=d["warmup_steps"].default, help="linear lr warm-up")
+    p.add_argument("--grad-clip", type=cli.float_in(0.0, lo_open=True), default=d["grad_clip"].default,
+                   help="max gradient norm")
+    p.add_argument("--ema-decay", type=cli.float_in(0.0, 1.0), default=d["ema_decay"].default)
     p.add_argument("--no-ema-warmup", dest="ema_warmup", action="store_false",
                    help="use --ema-decay from the first step (default: min(decay, (1+step)/(10+step)))")
     p.add_argument("--method", default=d["method"].default, choices=METHODS,
@@ -454,10 +458,12 @@ def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
     p.add_argument("--precision", default=d["precision"].default, choices=PRECISIONS,
                    help="auto = bf16 autocast on CUDA and on CPUs with AMX")
     p.add_argument("--device", default=d["device"].default, help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=d["seed"].default)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock limit of this sitting")
+    p.add_argument("--threads", type=cli.threads_type(), default=None, help="torch CPU threads")
+    p.add_argument("--seed", type=cli.int_in(0, cli.MAX_SEED), default=d["seed"].default,
+                   help="0..2**32-1 (torch's generator keeps 32 bits)")
+    p.add_argument("--max-steps", type=cli.int_in(1), default=None, help="stop after this many training steps in all")
+    p.add_argument("--max-minutes", type=cli.float_in(0.0, lo_open=True), default=None,
+                   help="wall-clock limit of this sitting")
     p.add_argument("--log-every", type=int, default=d["log_every"].default)
     p.add_argument("--sample-every", type=int, default=d["sample_every"].default, help="0 = never")
     p.add_argument("--save-every", type=int, default=d["save_every"].default)
@@ -466,6 +472,8 @@ def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
     fields = {k: getattr(a, k) for k in d if hasattr(a, k)}
     fields["no_grad_iters"], fields["grad_iters"] = tuple(a.no_grad_iters), tuple(a.grad_iters)
     fields["model_overrides"] = dict(a.model_overrides or [])
+    if a.resume and a.force:
+        p.error("--resume continues the run in --run-dir, --force replaces it: give one of them")
     try:
         cfg = TrainConfig(**fields)
     except ValueError as e:
@@ -473,17 +481,37 @@ def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
     return cfg, a
 
 
-def main(argv=None) -> int:
+def prepare_run_dir(run_dir: str | Path, *, resume: bool, force: bool) -> None:
+    """Before any data is loaded: a usable --run-dir, never an earlier run's history lost by accident.
+
+    A folder with a checkpoint or metrics needs --resume (checked to be a training checkpoint) or
+    --force (which deletes them); temporary files of interrupted saves are removed (one log line).
+    """
+    run_dir = cli.check_out_dir(run_dir, flag="--run-dir")
+    ckpt = run_dir / CHECKPOINT_NAME
+    history = [name for name in (CHECKPOINT_NAME, "metrics.jsonl") if (run_dir / name).exists()]
+    if resume and ckpt.exists():
+        check_resumable(ckpt)
+    elif history and not resume and not force:
+        raise cli.OutputError(f"--run-dir {run_dir} holds an earlier run ({', '.join(history)}): pass --resume to "
+                              f"continue it, --force to start over (deletes them), or choose another --run-dir")
+    elif force:
+        for name in history:
+            (run_dir / name).unlink(missing_ok=True)
+    remove_stale_temp_files(ckpt)
+
+
+def main(argv: list[str] | None = None) -> int:
     cfg, a = parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     env = distributed.from_env()
     rank = env[0] if env else 0
     try:
+        prepare_run_dir(a.run_dir, resume=a.resume, force=a.force)
         trainer = train(cfg, a.run_dir, resume=a.resume, progress=not a.no_progress)
-    except (FileNotFoundError, FileExistsError, CheckpointError, ValueError, FloatingPointError) as e:
-        print(f"error{f' (rank {rank})' if env else ''}: {e}", file=sys.stderr)
-        return 2
+    except (OSError, CheckpointError, ValueError, FloatingPointError) as e:  # OutputError is a ValueError
+        return cli.fail(f"{f'(rank {rank}) ' if env else ''}{e}")
     if rank == 0:
         print(f"saved {Path(a.run_dir) / CHECKPOINT_NAME} at step {trainer.step_count}")
     return 0

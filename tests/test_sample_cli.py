@@ -91,7 +91,7 @@ def test_bad_requests_exit_2(tiny_checkpoints, tmp_path, capsys, argv, message):
 @pytest.mark.parametrize("argv, message", [
     (["--solver", "newton"], "invalid choice"),
     (["--bogus-flag"], "unrecognized arguments"),
-    (["--n", "many"], "argument --n: expected an integer, got 'many'"),
+    (["--n", "many"], "argument --n: invalid int value: 'many'"),
     (["--allocation", "adaptive", "--budget", "40"], "needs a residual tolerance"),
     (["--budget", "40", "--iterations", "3"], "cannot be combined with --budget"),
     (["--cfg-scale", "-1"], "argument --cfg-scale: must be a finite number >= 0.0"),
@@ -99,7 +99,7 @@ def test_bad_requests_exit_2(tiny_checkpoints, tmp_path, capsys, argv, message):
     (["--n", "0"], "argument --n: must be an integer in 1..1024, got 0"),
     (["--n", str(10**9)], "argument --n: must be an integer in 1..1024"),
     (["--threads", "-1"], "argument --threads: must be an integer in 1.."),
-    (["--budget", "1e12"], "argument --budget: expected an integer, got '1e12'"),
+    (["--budget", "1e12"], "argument --budget: invalid int value: '1e12'"),
     (["--budget", "0"], "argument --budget: must be an integer >= 1"),
     (["--iterations", "101"], "argument --iterations: must be an integer in 1..100"),
     (["--seed", "-1"], "argument --seed: must be an integer in 0..4294967295"),
