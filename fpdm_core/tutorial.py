@@ -374,45 +374,53 @@ def live_figure(draw: Callable, controls: dict) -> dict:
     """Show `draw(**defaults)` now, as an ordinary figure output, and redraw it in place when a control changes.
 
     draw(**values) returns (matplotlib figure, sentence); NonFiniteError / ValueError become a sentence.
-    Returns {"values", "sentence"} for the defaults (for results and checks).
+    Returns {"values", "sentence"} of what is shown, kept current as the controls move.
     """
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
-    from IPython.display import Markdown, display
+    from IPython.display import DisplayHandle, Markdown, display
 
-    def current():
-        return {name: c.value for name, c in controls.items()}
+    shown: dict = {}
+    fig_handle, text_handle = DisplayHandle(), DisplayHandle()
 
-    display(_Controls(widgets.HBox(list(controls.values()), layout=widgets.Layout(flex_flow="row wrap"))))
-    fig, sentence = safe_draw(draw, current())
-    fig_handle = display(fig if fig is not None else Markdown(" "), display_id=True)
-    text_handle = display(Markdown(sentence), display_id=True)
-    if fig is not None:
-        plt.close(fig)
-
-    def redraw(_change):
-        fig, sentence = safe_draw(draw, current())
-        fig_handle.update(fig if fig is not None else Markdown(" "))
-        text_handle.update(Markdown(sentence))
+    def render(first: bool):
+        shown["values"] = {name: c.value for name, c in controls.items()}
+        fig, shown["sentence"] = safe_draw(draw, shown["values"])
+        for handle, obj in ((fig_handle, fig if fig is not None else Markdown(" ")), (text_handle, Markdown(shown["sentence"]))):
+            handle.display(obj) if first else handle.update(obj)
         if fig is not None:
             plt.close(fig)
 
+    display(_Controls(widgets.HBox(list(controls.values()), layout=widgets.Layout(flex_flow="row wrap"))))
+    render(first=True)
     for c in controls.values():
-        c.observe(redraw, names="value")
-    return {"values": current(), "sentence": sentence}
+        c.observe(lambda _change: render(first=False), names="value")
+    return shown
 
 
 # ----------------------------------------------------------------------------- judged samples
 def judged_samples(model, diffusion, config: SamplerConfig, classifier, *, n: int, seed: int = 0, device="cpu"):
-    """(images, correct (n,) bool numpy): n class-conditional samples (labels cycle through the classes) and
-    whether the judge assigns each to its requested class. Same seed and n -> same noise for every model."""
+    """(images, correct (n,) bool numpy, record): n class-conditional samples (labels cycle through the classes),
+    whether the judge assigns each to its requested class, and the `SampleRecord` (costs). Same seed and n -> same
+    noise for every model."""
     from .sampling import sample
 
     labels = torch.arange(n) % model.config.num_classes  # (n,)
-    images, _ = sample(model, diffusion, labels, config, generator=torch.Generator().manual_seed(seed), device=device)
+    images, record = sample(model, diffusion, labels, config, generator=torch.Generator().manual_seed(seed), device=device)
     with torch.no_grad():
         pred = classifier(images.to(next(classifier.parameters()).device)).argmax(1).cpu()  # (n,)
-    return images.cpu(), (pred == labels).numpy()
+    return images.cpu(), (pred == labels).numpy(), record
+
+
+def compare_accuracy(fpdm_correct, dit_correct, chance: float) -> dict:
+    """Bootstrap 95% intervals (fpdm_core.stats) of both accuracies and of FPDM minus DiT on paired samples (same
+    labels and noise), and the verdict on "FPDM is better"; underpowered while either model is not above chance."""
+    from .stats import bootstrap_ci, paired_diff_ci, verdict
+
+    fpdm, dit = bootstrap_ci(np.asarray(fpdm_correct, float)), bootstrap_ci(np.asarray(dit_correct, float))
+    diff = paired_diff_ci(np.asarray(fpdm_correct, float), np.asarray(dit_correct, float))
+    powered = fpdm[1] > chance and dit[1] > chance
+    return {"fpdm": fpdm, "dit": dit, "diff": diff, "verdict": verdict(diff[1], diff[2], powered=powered)}
 
 
 # ----------------------------------------------------------------------------- committed results

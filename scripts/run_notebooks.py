@@ -1,10 +1,11 @@
 #!/usr/bin/env python
-"""Execute the notebooks in notebooks/ with papermill and regenerate their figures.
+"""Execute the notebooks in notebooks/ with papermill; check their numbers; optionally refresh tracked figures.
 
-    python scripts/run_notebooks.py                       # stored defaults: a 2-core CPU, about a minute each
-    python scripts/run_notebooks.py --profile full        # a real run on one GPU (notebooks/profiles.yaml)
+    python scripts/run_notebooks.py                       # stored defaults (2-core CPU, about a minute each) into notebooks/outputs/run
+    python scripts/run_notebooks.py --check-reference     # ... and compare results with notebooks/reference.json
+    python scripts/run_notebooks.py --update-figures      # ... and write the figures into figures/notebooks/ (tracked)
+    python scripts/run_notebooks.py --profile gpu         # a real run on one GPU (notebooks/profiles.yaml)
     python scripts/run_notebooks.py --only 02 -p steps 200 -p device cuda
-    python scripts/run_notebooks.py --params-file my.yaml --out /tmp/executed --figures-dir /tmp/figures
 
 Parameters, later layers winning: the profile in notebooks/profiles.yaml, then --params-file,
 then -p NAME VALUE (VALUE is read as YAML: 3, 1e-3, null, "[1, 2]"). In the YAML files, keys
@@ -12,11 +13,18 @@ under `all` go to every notebook that declares that parameter, keys under a note
 (e.g. `02_training`) to that notebook only; on the command line `-p 02_training.steps 100`
 targets one notebook. Relative paths given by you are taken from the current directory.
 
-Every notebook gets `out_dir = OUT/<name>` (it writes `results.json` there) and
-`figures_dir = --figures-dir` (default figures/notebooks). The executed notebooks go to
-OUT/<name>.ipynb; OUT/results.json collects every notebook's results.json (deterministic:
-two runs with the same parameters on the same machine give identical files) and
-OUT/run.json the parameters, status and wall time of each notebook.
+Every notebook gets `out_dir = OUT/<name>` (it writes `results.json` there) and `figures_dir`:
+OUT/figures by default (untracked, so running twice leaves `git status` clean), figures/notebooks
+with --update-figures, or --figures-dir. The executed notebooks go to OUT/<name>.ipynb;
+OUT/results.json collects every notebook's results.json (deterministic: two runs with the same
+parameters on the same machine give identical files) and OUT/run.json the parameters, status and
+wall time of each notebook. Measured timings stay in OUT/<name>/timings.json.
+
+--check-reference compares each results.json with the committed reference numbers in
+notebooks/reference.json (each with its tolerance; made for the stored defaults on a CPU) and
+fails on any mismatch. --update-reference rewrites the reference values from this run, keeping
+keys and tolerances. --store-checked-outputs copies the outputs of the cells marked
+`# NBVAL_CHECK_OUTPUT` into the committed notebooks (what `pytest --nbval-lax notebooks/` checks).
 """
 from __future__ import annotations
 
@@ -32,7 +40,11 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 PROFILES = NOTEBOOKS / "profiles.yaml"
+REFERENCE = NOTEBOOKS / "reference.json"
+TRACKED_FIGURES = REPO / "figures" / "notebooks"
+DEFAULT_OUT = NOTEBOOKS / "outputs" / "run"
 KERNEL = "python3"
+CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 
 
 def is_path_param(name: str) -> bool:
@@ -152,20 +164,72 @@ def execute(path: Path, params: dict, out: Path, timeout: int | None) -> tuple[b
     return True, time.perf_counter() - start, ""
 
 
+def check_reference(results: dict[str, dict], reference: dict[str, dict]) -> list[str]:
+    """Mismatches of every executed notebook's results against its reference entries (empty: all match)."""
+    from fpdm_core.tutorial import check_reference as check
+
+    return [f"{stem}: {line}" for stem, ref in reference.items() if stem in results for line in check(results[stem], ref)]  # "_about" is never a notebook
+
+
+def update_reference(results: dict[str, dict], reference: dict[str, dict]) -> dict[str, dict]:
+    """The reference with every value taken from `results` (same keys, same tolerances)."""
+    from fpdm_core.tutorial import flatten
+
+    out = {}
+    for stem, ref in reference.items():
+        if stem.startswith("_"):  # notes about the file
+            out[stem] = ref
+            continue
+        flat = flatten(results.get(stem, {}))
+        out[stem] = {key: {**entry, "value": flat.get(key, entry["value"])} for key, entry in ref.items()}
+    return out
+
+
+def store_checked_outputs(executed: Path, committed: Path) -> int:
+    """Copy the stream outputs of the `# NBVAL_CHECK_OUTPUT` cells from an executed notebook into the committed one
+    (cells matched by id); every other cell stays without outputs. Returns the number of cells stored."""
+    import nbformat
+
+    run, nb = nbformat.read(executed, as_version=4), nbformat.read(committed, as_version=4)
+    outputs = {c.get("id"): c.outputs for c in run.cells if c.cell_type == "code"}
+    stored = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        cell.execution_count = None
+        checked = cell.source.lstrip().startswith(CHECK_MARK)
+        cell.outputs = [o for o in outputs.get(cell.get("id"), []) if o.output_type == "stream"] if checked else []
+        stored += checked
+    nbformat.write(nb, committed)
+    return stored
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="default", help=f"parameter profile in {PROFILES.relative_to(REPO)}")
     p.add_argument("--params-file", default=None, help="YAML file of parameters (same layout as a profile)")
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="one parameter (NAME or NOTEBOOK.NAME), VALUE read as YAML; repeatable")
-    p.add_argument("--out", default=str(NOTEBOOKS / "executed"), help="folder for executed notebooks and results")
-    p.add_argument("--figures-dir", default=str(REPO / "figures" / "notebooks"), help="where notebooks save their figures")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="folder for executed notebooks, results and (by default) figures")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--figures-dir", default=None, help="where notebooks save their figures (default: OUT/figures)")
+    where.add_argument("--update-figures", action="store_true",
+                       help=f"save the figures into {TRACKED_FIGURES.relative_to(REPO)} (tracked in git)")
     p.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run only notebooks starting with these (e.g. 01 03)")
     p.add_argument("--timeout", type=int, default=None, help="seconds allowed per cell (default: no limit)")
+    p.add_argument("--check-reference", action="store_true", help=f"fail unless results match {REFERENCE.relative_to(REPO)}")
+    p.add_argument("--update-reference", action="store_true", help=f"rewrite the values in {REFERENCE.relative_to(REPO)}")
+    p.add_argument("--store-checked-outputs", action="store_true",
+                   help=f"copy the outputs of `{CHECK_MARK}` cells into the committed notebooks (stored defaults only)")
     p.add_argument("--dry-run", action="store_true", help="print the parameters each notebook would get, run nothing")
     a = p.parse_args(argv)
 
-    out, figures_dir = Path(a.out).resolve(), Path(a.figures_dir).resolve()
+    if (a.update_reference or a.store_checked_outputs) and (a.profile != "default" or a.params_file or
+                                                            any(name.rpartition(".")[2] != "device" for name, _ in a.parameter)):
+        raise SystemExit("error: --update-reference and --store-checked-outputs record the stored defaults: "
+                         "use no --profile, --params-file or -p (except -p device cpu)")
+    out = Path(a.out).resolve()
+    figures_dir = TRACKED_FIGURES if a.update_figures else Path(a.figures_dir).resolve() if a.figures_dir else out / "figures"
     notebooks = find_notebooks(a.only)
     plans = plan(notebooks, parameter_layers(a.profile, a.params_file, a.parameter), out, figures_dir)
     if a.dry_run:
@@ -187,7 +251,22 @@ def main(argv: list[str] | None = None) -> int:
     failed = [name for name, entry in log.items() if not entry["ok"]]
     print(f"[notebooks] {len(log) - len(failed)}/{len(log)} ok; executed notebooks and results.json in {out}; "
           f"figures in {figures_dir}")
-    return 1 if failed else 0
+    if failed:
+        return 1
+    reference = json.loads(REFERENCE.read_text()) if a.check_reference or a.update_reference else {}
+    if a.update_reference:
+        REFERENCE.write_text(json.dumps(update_reference(results, reference), indent=2, sort_keys=True) + "\n")
+        print(f"[notebooks] updated the values in {REFERENCE}")
+    if a.store_checked_outputs:
+        for path in notebooks:
+            print(f"[notebooks] {path.name}: stored the outputs of {store_checked_outputs(out / path.name, path)} checked cells")
+    if a.check_reference:
+        mismatches = check_reference(results, reference)
+        for line in mismatches:
+            print(f"[notebooks] REFERENCE MISMATCH {line}", flush=True)
+        print(f"[notebooks] reference check: {'FAILED' if mismatches else 'ok'} ({REFERENCE.relative_to(REPO)})")
+        return 1 if mismatches else 0
+    return 0
 
 
 if __name__ == "__main__":
