@@ -24,7 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import cli
 from .data import IMAGE_SUFFIXES
+from .sampling import SamplerConfig
+
+HEADLINE = SamplerConfig()  # the kit's default sampler: steps, iterations and guidance of `sample`
 
 FORMAT = "fpdm-latents/1"
 LATENT_SCALE = 0.18215  # Stable Diffusion's VAE (sd-vae-ft-ema / -mse), used by DiT and FPDM
@@ -239,8 +243,9 @@ def checkpoint_latents_info(checkpoint: str | Path) -> dict:
     return load_checkpoint(checkpoint).meta.get("data", {}).get("latents") or {}
 
 
-def sample_images(vae, checkpoint: str | Path, labels, *, steps: int = 20, iterations: int = 6, cfg_scale: float = 1.0,
-                  seed: int = 0, device: str = "auto", scale: float | None = None) -> torch.Tensor:
+def sample_images(vae, checkpoint: str | Path, labels, *, steps: int = HEADLINE.steps,
+                  iterations: int = HEADLINE.iterations, cfg_scale: float = HEADLINE.cfg_scale, seed: int = 0,
+                  device: str = "auto", scale: float | None = None) -> torch.Tensor:
     """Sample latents with a latent-space checkpoint (EMA weights) and decode them: images (B, 3, H, W).
 
     scale: None uses the scale recorded in the checkpoint at training time, else the VAE's.
@@ -248,7 +253,7 @@ def sample_images(vae, checkpoint: str | Path, labels, *, steps: int = 20, itera
     from .checkpoints import load_model
     from .devices import pick_device
     from .diffusion import GaussianDiffusion
-    from .sampling import SamplerConfig, sample
+    from .sampling import sample
 
     dev = pick_device(device)
     model = load_model(checkpoint, device=dev)
@@ -260,9 +265,9 @@ def sample_images(vae, checkpoint: str | Path, labels, *, steps: int = 20, itera
     return decode_latents(vae, z, scale=scale).cpu()
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fpdm_core.latents", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    p = cli.ArgumentParser(prog="python -m fpdm_core.latents", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     for name in ("encode", "sample"):
         s = sub.add_parser(name)
@@ -271,30 +276,34 @@ def main(argv=None) -> int:
                             + ("" if name == "encode" else "; default: the one the checkpoint's latents came from"))
         s.add_argument("--vae-subfolder", default=None, help='e.g. "vae" inside a Stable Diffusion checkout')
         s.add_argument("--device", default="auto")
-        s.add_argument("--scale", type=float, default=None, help="latent scale (default: the VAE's, 0.18215 for SD)")
+        s.add_argument("--scale", type=cli.float_in(0.0, lo_open=True), default=None,
+                       help="latent scale (default: the VAE's, 0.18215 for SD)")
     e = sub.choices["encode"]
     e.add_argument("--images", required=True, help="image folder: one subfolder per class, or images directly")
     e.add_argument("--out", required=True, help="folder for the latent shards")
-    e.add_argument("--size", type=int, default=256, help="resize + centre-crop to SIZE px (latents SIZE/8)")
-    e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--shard-size", type=int, default=4096, help="images per shard file")
+    e.add_argument("--size", type=cli.int_in(1, 8192), default=256, help="resize + centre-crop to SIZE px (latents SIZE/8)")
+    e.add_argument("--batch-size", type=cli.int_in(1), default=32)
+    e.add_argument("--shard-size", type=cli.int_in(1), default=4096, help="images per shard file")
     e.add_argument("--posterior", default="mean", choices=POSTERIORS)
-    e.add_argument("--seed", type=int, default=0, help="for --posterior sample")
+    e.add_argument("--seed", type=cli.int_in(0, cli.MAX_SEED), default=0, help="for --posterior sample")
     e.add_argument("--dtype", default="float32", choices=sorted(STORE_DTYPES), help="stored precision")
     e.add_argument("--overwrite", action="store_true")
     e.add_argument("--no-progress", action="store_true")
     s = sub.choices["sample"]
     s.add_argument("--checkpoint", required=True, help="a checkpoint trained with --dataset latents")
     s.add_argument("--out", required=True, help="PNG grid to write")
+    s.add_argument("--force", action="store_true", help="replace --out if it exists")
     s.add_argument("--labels", type=int, nargs="+", default=[0], help="class ids (num_classes = unconditional)")
-    s.add_argument("--steps", type=int, default=20)
-    s.add_argument("--iterations", type=int, default=6)
-    s.add_argument("--cfg-scale", type=float, default=1.0)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--steps", type=cli.int_in(1), default=HEADLINE.steps)
+    s.add_argument("--iterations", type=cli.int_in(1), default=HEADLINE.iterations)
+    s.add_argument("--cfg-scale", type=cli.float_in(0.0), default=HEADLINE.cfg_scale)
+    s.add_argument("--seed", type=cli.int_in(0, cli.MAX_SEED), default=0)
     a = p.parse_args(argv)
     from .devices import pick_device
 
     try:
+        if a.command == "sample":
+            cli.check_output_file(a.out, force=a.force, sources=[a.checkpoint])
         device = pick_device(a.device)
         vae_name = a.vae
         if vae_name is None:
@@ -316,9 +325,8 @@ def main(argv=None) -> int:
                                    cfg_scale=a.cfg_scale, seed=a.seed, device=str(device), scale=a.scale)
             save_grid(images, a.out, scale=1)
             print(f"wrote {len(images)} decoded samples to {a.out}")
-    except (LatentsError, FileNotFoundError, FileExistsError, ValueError) as err:  # CheckpointError is a ValueError
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (LatentsError, OSError, ValueError) as err:  # CheckpointError, cli.OutputError are ValueErrors
+        return cli.fail(err)
     return 0
 
 
