@@ -1,15 +1,18 @@
-"""FPDM explorer: sample a Fixed Point Diffusion Model live, see every fixed-point residual, compare with DiT.
+"""FPDM explorer: where your split of compute lands on the measured quality landscape, live FPDM sampling with
+every fixed-point residual, DiT at the same budget, and one-click comparisons.
 
     python app/main.py                       # http://127.0.0.1:7860 (GRADIO_SERVER_NAME / _PORT honoured)
     python app/main.py --checkpoint-dir DIR  # or FPDM_APP_CHECKPOINT_DIR=DIR
 
 The page is built by `build_demo()`; the handlers below are thin wrappers over
-`fpdm_core.explore` and can be called directly (tests do). Invalid requests are answered
-in the status box; per-request state lives in the handler's generator.
+`fpdm_core.app_backend` and can be called directly (tests do). The generate and compare
+endpoints take raw values (no Gradio preprocessing), so every bad value is answered in the
+status box with a message naming its field, and logged as one line.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
@@ -22,33 +25,39 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: n
 
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
+from gradio.components.plot import PlotData  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from fpdm_core import explore as ex  # noqa: E402
+from fpdm_core import app_backend as ab  # noqa: E402
 from fpdm_core.budget import ALLOCATIONS  # noqa: E402
 from fpdm_core.data import FASHION_MNIST_CLASSES  # noqa: E402
 
 log = logging.getLogger("fpdm_app")
 
-CLASS_CHOICES = [ex.ALL_CLASSES, *FASHION_MNIST_CLASSES, ex.UNCONDITIONAL]
+CLASS_CHOICES = [ab.ALL_CLASSES, *FASHION_MNIST_CLASSES, ab.UNCONDITIONAL]
 SOLVER_CHOICES = [("Picard", "picard"), ("Anderson", "anderson")]
+GENERATE_OUTPUTS = ("fpdm_img", "dit_img", "dit_note", "fpdm_strip", "dit_strip", "heatmap", "bars", "summary",
+                    "status", "progress", "caption")
+COMPARE_OUTPUTS = ("a_img", "b_img", "a_heatmap", "b_heatmap", "compare_summary", "compare_status", "compare_progress")
 CSS = """
-.pixel-grid img { image-rendering: pixelated; }
-#run-status { min-height: 2.5em; }
+.pixel-grid img, .pixel-grid button img { image-rendering: pixelated; }
+#fpdm-images img, #dit-images img, #compare-a img, #compare-b img { object-fit: contain; }
+#run-status, #compare-status { min-height: 2.5em; }
 """
 INTRO = """# Fixed Point Diffusion Models: explorer
 FPDM (Bai & Melas-Kyriazi, CVPR 2024) replaces the middle of a diffusion transformer with one
-weight-tied block solved as a fixed point `z* = f(z*)`. Choose how many sampling steps and
-fixed-point iterations to spend, watch the images form, and see the residual of every iteration
-at every timestep. The DiT baseline runs with the same budget in block evaluations."""
+weight-tied block solved as a fixed point `z* = f(z*)`. A budget of block evaluations per image can be
+spent on more sampling steps or on more fixed-point iterations per step. Move the sliders to see where
+your split lands on the measured quality landscape (no sampling needed), then **Generate** to watch the
+images form, see the residual of every iteration at every timestep, and compare with DiT at the same budget."""
 
 
 def theme() -> gr.themes.Base:
     return gr.themes.Default(primary_hue="indigo")  # local fonts only: nothing fetched from the internet
 
 
-# ----------------------------------------------------------------------------- handlers
-def page_image(grid, settings: "ex.Settings", model: str):
+# ----------------------------------------------------------------------------- output helpers
+def page_image(grid, settings: "ab.Settings", model: str):
     """A grid as a PIL image whose PNG text chunks carry the settings and a fresh id.
 
     Gradio stores an output image under the hash of its bytes and rewrites that file in place,
@@ -62,148 +71,315 @@ def page_image(grid, settings: "ex.Settings", model: str):
     return img
 
 
+def plot(fig):
+    """A plotly figure for gr.Plot without the toolbar (it covers titles)."""
+    if fig is None:
+        return None
+    return PlotData(type="plotly", plot=json.dumps({**json.loads(fig.to_json()), "config": {"displayModeBar": False}}))
+
+
 def _status(kind: str, text: str) -> str:
     icon = {"error": "**Cannot run:**", "busy": "**Sampling:**", "done": "**Done:**"}[kind]
     return f"{icon} {text}"
 
 
-def generate(folder: str, device: str, fpdm_choice, fpdm_upload, dit_choice, dit_upload, weights, budget_mode, steps,
-             iterations, budget, allocation, reuse, solver, tol, damping, class_choice, cfg_scale, seed, num_images, method,
-             progress=gr.Progress()):
-    """Stream (FPDM grid, DiT grid, residual heatmap, iterations bar, summary, status, caption) while sampling."""
-    start = time.perf_counter()
+def progress_html(u: "ab.Update | None" = None, text: str | None = None) -> str:
+    """A progress bar over the request's FLOPs, updated every timestep, with the measured time left."""
+    if u is None:
+        return f"<div class='fpdm-progress'>{text or ''}</div>"
+    return (f"<div class='fpdm-progress'><progress value='{u.progress:.4f}' max='1' style='width:100%'></progress>"
+            f"<div>{ab.progress_text(u)}</div></div>")
+
+
+def strip(frames):
+    return [(frame, caption) for frame, caption in frames] or None
+
+
+def _reject(e: Exception, what: str) -> str:
+    log.warning("rejected %s request: %s", what, e)  # one line, no traceback
+    return _status("error", str(e))
+
+
+# ----------------------------------------------------------------------------- handlers
+def generate(folder: str, device: str, fpdm_upload, dit_upload, fpdm_choice, dit_choice, weights, budget_mode, steps,
+             iterations, budget, allocation, reuse, solver, tol, damping, class_choice, cfg_scale, seed, num_images,
+             method):
+    """Stream `GENERATE_OUTPUTS` while sampling: a progress bar every timestep, grids up to 20 times per model.
+
+    fpdm_upload / dit_upload: the session's uploaded models (`ab.load_upload`), or None.
+    """
+    start, work = time.perf_counter(), 0
     try:
-        settings = ex.settings_from_ui(
+        settings = ab.settings_from_ui(
             budget_mode=budget_mode, steps=steps, iterations=iterations, budget=budget, allocation=allocation,
             reuse=reuse, solver=solver, tol=tol, damping=damping, class_choice=class_choice, cfg_scale=cfg_scale,
             seed=seed, num_images=num_images, method=method)
-        fpdm = ex.load_slot("fpdm", folder, fpdm_choice, fpdm_upload, device, weights)
+        fpdm = ab.load_slot("fpdm", folder, fpdm_choice, fpdm_upload, device, weights)
         dit, dit_note = None, None
         try:
-            dit = ex.load_slot("dit", folder, dit_choice, dit_upload, device, weights).model
-        except ex.ExploreError as e:
+            dit = ab.load_slot("dit", folder, dit_choice, dit_upload, device, weights).model
+        except ab.ExploreError as e:
             dit_note = f"No DiT baseline: {e}"
-        caption = ex.label_caption(settings, fpdm.model.config)
-        for u in ex.explore(fpdm.model, dit, settings, device=device, dit_note=dit_note):
-            progress(u.progress, desc=u.message)
-            images = page_image(u.fpdm_grid, settings, "fpdm"), page_image(u.dit_grid, settings, "dit")
+        caption = ab.label_caption(settings, fpdm.model.config)
+        yield (None, None, dit_note or "", None, None, None, None, "", _status("busy", "starting"),
+               progress_html(text="starting..."), caption)
+        for u in ab.explore(fpdm.model, dit, settings, device=device, dit_note=dit_note):
+            images = ((page_image(u.fpdm_grid, settings, "fpdm"), page_image(u.dit_grid, settings, "dit"))
+                      if u.refreshed else (gr.skip(), gr.skip()))
             if u.stage != "done":
-                yield *images, None, None, "", _status("busy", u.message), caption
-            else:
-                took = time.perf_counter() - start
-                yield (*images, ex.residual_figure(u.fpdm_record), ex.iterations_figure(u.fpdm_record),
-                       u.summary, _status("done", f"{fpdm.path.name}: {len(u.fpdm_record.steps)} FPDM steps"
-                                                  f"{f', {len(u.dit_record.steps)} DiT steps' if u.dit_record else ''}"
-                                                  f" in {took:.1f} s"), caption)
-    except ex.ExploreError as e:
-        yield None, None, None, None, "", _status("error", str(e)), ""
-    except Exception as e:  # keep serving; say what happened
+                yield (*images, u.dit_note, gr.skip(), gr.skip(), gr.skip(), gr.skip(), "",
+                       _status("busy", u.message), progress_html(u), caption)
+                continue
+            took = time.perf_counter() - start
+            work = settings.num_images * (u.fpdm_record.spent_block_evals
+                                          + (u.dit_record.spent_block_evals if u.dit_record else 0))
+            n_dit = f", {ab.plural(len(u.dit_record.steps), 'DiT step')}" if u.dit_record else ""
+            yield (*images, u.dit_note, strip(u.fpdm_frames), strip(u.dit_frames), plot(ab.residual_figure(u.fpdm_record)),
+                   plot(ab.iterations_figure(u.fpdm_record)), u.summary,
+                   _status("done", f"{fpdm.name}: {ab.plural(len(u.fpdm_record.steps), 'FPDM step')}{n_dit} "
+                                   f"in {took:.1f} s"), progress_html(u), caption)
+    except ab.ExploreError as e:
+        yield None, None, "", None, None, None, None, "", _reject(e, "generate"), "", ""
+    except Exception as e:  # a bug: keep serving, say what happened
         log.exception("generate failed")
+        yield None, None, "", None, None, None, None, "", _status("error", f"unexpected {type(e).__name__}: {e}"), "", ""
+    finally:
+        ab.release_memory(work)
+
+
+def compare(folder: str, device: str, fpdm_upload, fpdm_choice, weights, comparison, allocation_b, budget_mode, steps,
+            iterations, budget, allocation, reuse, solver, tol, damping, class_choice, cfg_scale, seed, num_images,
+            method):
+    """Stream `COMPARE_OUTPUTS`: two FPDM runs (reuse on/off, or two allocations) at the same budget and seed."""
+    work = 0
+    try:
+        settings = ab.settings_from_ui(
+            budget_mode=budget_mode, steps=steps, iterations=iterations, budget=budget, allocation=allocation,
+            reuse=reuse, solver=solver, tol=tol, damping=damping, class_choice=class_choice, cfg_scale=cfg_scale,
+            seed=seed, num_images=num_images, method=method)
+        variants = ab.comparison_variants(settings, comparison, allocation_b)
+        fpdm = ab.load_slot("fpdm", folder, fpdm_choice, fpdm_upload, device, weights)
+        settings.labels(fpdm.model.config)  # an unknown class is refused before any work
+        for u in ab.compare(fpdm.model, variants, device=device):
+            images = ((page_image(u.fpdm_grid, variants[0][1], "fpdm"), page_image(u.dit_grid, variants[1][1], "fpdm"))
+                      if u.refreshed else (gr.skip(), gr.skip()))
+            if u.stage != "done":
+                yield *images, gr.skip(), gr.skip(), "", _status("busy", u.message), progress_html(u)
+                continue
+            (la, _), (lb, _) = variants
+            work = settings.num_images * (u.fpdm_record.spent_block_evals + u.dit_record.spent_block_evals)
+            yield (*images, plot(ab.residual_figure(u.fpdm_record, f"{la}: relative residual")),
+                   plot(ab.residual_figure(u.dit_record, f"{lb}: relative residual")), u.summary,
+                   _status("done", f"{la} vs {lb}, {ab.plural(len(u.fpdm_record.steps), 'step')} each, "
+                                   f"in {u.elapsed_s:.1f} s"), progress_html(u))
+    except ab.ExploreError as e:
+        yield None, None, None, None, "", _reject(e, "compare"), ""
+    except Exception as e:  # a bug: keep serving, say what happened
+        log.exception("compare failed")
         yield None, None, None, None, "", _status("error", f"unexpected {type(e).__name__}: {e}"), ""
+    finally:
+        ab.release_memory(work)
+
+
+def landscape(path: str, metric, budget_mode, steps, iterations, budget, reuse, method, cfg_scale):
+    """(landscape plot, answer markdown) for the current controls; no sampling, never raises."""
+    ls, problem = ab.landscape_or_problem(path)
+    fig, text = ab.landscape_for_ui(ls, problem, metric, budget_mode=budget_mode, steps=steps, iterations=iterations,
+                                    budget=budget, reuse=reuse, method=method, cfg_scale=cfg_scale)
+    return plot(fig), text
+
+
+def accept_upload(kind: str, device: str, file):
+    """Load an uploaded checkpoint into the session and delete the file: (session models, message, file box)."""
+    if not file:
+        return None, "", None
+    path = Path(file)
+    try:
+        loaded = ab.load_upload(kind, path, path.name, device)
+        return loaded, f"Uploaded {loaded['ema'].describe()}: used until you clear the upload.", gr.skip()
+    except ab.ExploreError as e:
+        log.warning("rejected %s upload: %s", kind, e)
+        return None, f"**Upload refused:** {e}", None
+    finally:  # the session holds the models, not the file
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()  # gradio's folder for this upload, once empty
 
 
 def refresh(folder: str, device: str, fpdm_choice=None, dit_choice=None, weights="ema"):
     """Re-scan the checkpoint folder: (FPDM dropdown, DiT dropdown, checkpoint status markdown)."""
-    names = ex.list_checkpoints(folder)
+    names = ab.list_checkpoints(folder)
 
     def pick(kind, current):
         if current in names:
             return current
-        default = ex.DEFAULT_NAMES[kind]
+        default = ab.DEFAULT_NAMES[kind]
         return default if default in names else None
 
     fpdm_value, dit_value = pick("fpdm", fpdm_choice), pick("dit", dit_choice)
     try:
-        status = ex.checkpoint_status(folder, fpdm_value, dit_value, device, weights)
-    except ex.ExploreError as e:
+        status = ab.checkpoint_status(folder, fpdm_value, dit_value, device, weights)
+    except ab.ExploreError as e:
         status = f"**Cannot load:** {e}"
     return gr.Dropdown(choices=names, value=fpdm_value), gr.Dropdown(choices=names, value=dit_value), status
 
 
 # ----------------------------------------------------------------------------- page
-def build_demo(checkpoint_dir: str | Path | None = None, device: str = "cpu") -> gr.Blocks:
-    """The whole page; `checkpoint_dir` defaults to $FPDM_APP_CHECKPOINT_DIR, else the kit's checkpoints/."""
-    folder = str(ex.checkpoint_dir(checkpoint_dir))
-    names = ex.list_checkpoints(folder)
-    d = ex.Settings()
-    with gr.Blocks(title="FPDM explorer", delete_cache=(1800, 3600)) as demo:  # drop cached outputs after 1 h
+def slider(key: str, value, step, elem_id: str, info: str | None = None) -> gr.Slider:
+    """A slider whose range is the back end's limit for `key` (one declaration)."""
+    lim = ab.LIMITS[key]
+    kw = dict(precision=0) if lim.integer else {}
+    return gr.Slider(lim.lo, lim.hi, value=value, step=step, label=lim.label.capitalize(), info=info, elem_id=elem_id,
+                     **kw)
+
+
+def build_demo(checkpoint_dir: str | Path | None = None, device: str = "cpu",
+               landscape_file: str | Path | None = None) -> gr.Blocks:
+    """The whole page; `checkpoint_dir` defaults to $FPDM_APP_CHECKPOINT_DIR, else the kit's checkpoints/;
+    `landscape_file` to figures/bench/landscape.json."""
+    folder = str(ab.checkpoint_dir(checkpoint_dir))
+    landscape_path = str(landscape_file or ab.LANDSCAPE_FILE)
+    names = ab.list_checkpoints(folder)
+    d = ab.Settings()
+    ls, _ = ab.landscape_or_problem(landscape_path)
+    metric_choices = [(info["label"], name) for name, info in ls.metrics.items()] if ls else []
+    with gr.Blocks(title="FPDM explorer", delete_cache=(600, 1800)) as demo:  # cached outputs dropped after 30 min
+        fpdm_state = gr.State(None, time_to_live=3600)  # an uploaded FPDM (models in memory, no file kept)
+        dit_state = gr.State(None, time_to_live=3600)
         gr.Markdown(INTRO)
-        ckpt_status = gr.Markdown(ex.checkpoint_status(folder, device=device), elem_id="checkpoint-status")
+        ckpt_status = gr.Markdown(ab.checkpoint_status(folder, device=device), elem_id="checkpoint-status")
         with gr.Row():
-            with gr.Column(scale=1, min_width=320):
+            with gr.Column(scale=1, min_width=340):
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
-                mode = gr.Radio(list(ex.BUDGET_MODES), value=d.budget_mode, label="Budget mode",
+                mode = gr.Radio(list(ab.BUDGET_MODES), value=d.budget_mode, label="Budget mode",
                                 info="fix steps x iterations, or fix a budget in block evaluations per image")
-                steps = gr.Slider(1, 100, value=d.steps, step=1, precision=0, label="Sampling steps",
-                                  info="unused in 'budget (timestep smoothing)'", elem_id="steps")
-                iterations = gr.Slider(1, 30, value=d.iterations, step=1, precision=0,
-                                       label="Fixed-point iterations per step", info="used in 'steps x iterations'",
-                                       elem_id="iterations")
-                budget = gr.Number(d.budget, precision=0, minimum=1, maximum=ex.MAX_BUDGET,
-                                   label="Budget (block evaluations per image)", info="used in the budget modes",
-                                   elem_id="budget")
+                steps = slider("steps", d.steps, 1, "steps", "unused in 'budget (timestep smoothing)'")
+                iterations = slider("iterations", d.iterations, 1, "iterations", "used in 'steps x iterations'")
+                lim = ab.LIMITS["budget"]
+                budget = gr.Number(d.budget, precision=0, minimum=lim.lo, maximum=lim.hi, label=lim.label.capitalize(),
+                                   info="used in the budget modes", elem_id="budget")
                 allocation = gr.Radio(list(ALLOCATIONS), value=d.allocation, label="Allocation across timesteps",
                                       info="increasing = more iterations at high noise; adaptive needs a tolerance")
                 reuse = gr.Checkbox(d.reuse, label="Solution reuse (start each step at the previous fixed point)",
                                     elem_id="reuse")
                 with gr.Row():
                     solver = gr.Radio(SOLVER_CHOICES, value=d.solver, label="Solver")
-                    tol = gr.Number(d.tol, minimum=0, maximum=1, label="Tolerance (0 = fixed count)", elem_id="tol")
+                    lim = ab.LIMITS["tol"]
+                    tol = gr.Number(d.tol, minimum=lim.lo, maximum=lim.hi, label="Tolerance (0 = fixed count)",
+                                    elem_id="tol")
                 class_choice = gr.Dropdown(CLASS_CHOICES, value=d.class_choice, label="Class")
-                cfg_scale = gr.Slider(0, 10, value=d.cfg_scale, step=0.5, label="Guidance scale (1 = none)")
+                cfg_scale = slider("cfg_scale", d.cfg_scale, 0.5, "cfg-scale", "1 = no guidance")
                 with gr.Row():
-                    seed = gr.Number(d.seed, precision=0, minimum=0, label="Seed", elem_id="seed")
-                    num_images = gr.Slider(1, ex.MAX_IMAGES, value=d.num_images, step=1, precision=0,
-                                           label="Images", elem_id="num-images")
+                    lim = ab.LIMITS["seed"]
+                    seed = gr.Number(d.seed, precision=0, minimum=lim.lo, maximum=lim.hi, label="Seed",
+                                     info=f"0 to 2**32 - 1 = {lim.hi:,} (what torch's generator uses)", elem_id="seed")
+                    num_images = slider("num_images", d.num_images, 1, "num-images")
+                gr.Markdown(f"At most {ab.MAX_WORK:,} block evaluations x images per request (FPDM and DiT together).")
                 with gr.Accordion("Advanced", open=False):
-                    damping = gr.Slider(0.1, 1.0, value=d.damping, step=0.05, label="Picard damping")
-                    method = gr.Radio(["ddim", "ddpm"], value=d.method, label="Sampler")
+                    damping = slider("damping", d.damping, 0.05, "damping", "Picard only")
+                    method = gr.Radio(list(ab.METHODS), value=d.method, label="Sampler")
                 with gr.Accordion("Checkpoints", open=False):
-                    fpdm_choice = gr.Dropdown(names, value=ex.DEFAULT_NAMES["fpdm"] if ex.DEFAULT_NAMES["fpdm"] in names
+                    fpdm_choice = gr.Dropdown(names, value=ab.DEFAULT_NAMES["fpdm"] if ab.DEFAULT_NAMES["fpdm"] in names
                                               else None, label="FPDM checkpoint (from the checkpoints folder)")
-                    fpdm_upload = gr.File(file_types=[".safetensors"], type="filepath",
-                                          label="or upload an FPDM checkpoint (.safetensors)", height=170)
-                    dit_choice = gr.Dropdown(names, value=ex.DEFAULT_NAMES["dit"] if ex.DEFAULT_NAMES["dit"] in names
+                    fpdm_upload = gr.File(file_types=[".safetensors"], type="filepath", height=120,
+                                          label=f"or upload an FPDM checkpoint (.safetensors, up to {ab.MAX_UPLOAD_MB} MB)")
+                    dit_choice = gr.Dropdown(names, value=ab.DEFAULT_NAMES["dit"] if ab.DEFAULT_NAMES["dit"] in names
                                              else None, label="DiT baseline checkpoint")
-                    dit_upload = gr.File(file_types=[".safetensors"], type="filepath",
-                                         label="or upload a DiT checkpoint (.safetensors)", height=170)
+                    dit_upload = gr.File(file_types=[".safetensors"], type="filepath", height=120,
+                                         label=f"or upload a DiT checkpoint (.safetensors, up to {ab.MAX_UPLOAD_MB} MB)")
+                    upload_msg = gr.Markdown(elem_id="upload-status")
                     weights = gr.Radio([("EMA weights", "ema"), ("raw training weights", "model")], value="ema",
-                                       label="Weights", info="EMA needs many training steps to settle: a young training checkpoint "
-                                                             "samples better with its raw weights (release files hold "
-                                                             "EMA weights only)")
+                                       label="Weights", info="EMA needs many training steps to settle: a young training "
+                                                             "checkpoint samples better with its raw weights (release "
+                                                             "files hold EMA weights only)")
                     rescan = gr.Button("Re-scan checkpoint folder", size="sm")
             with gr.Column(scale=2):
+                gr.Markdown("### Where your split lands: measured quality over steps x iterations")
+                metric = gr.Dropdown(metric_choices, value=metric_choices[0][1] if metric_choices else None,
+                                     label="Metric", elem_id="metric", visible=bool(metric_choices))
+                landscape_plot = gr.Plot(show_label=False, elem_id="landscape-plot")
+                landscape_text = gr.Markdown(elem_id="landscape-answer")
+        with gr.Tabs():
+            with gr.Tab("Sample", id="sample"):
                 status = gr.Markdown("Press **Generate**.", elem_id="run-status")
+                progress = gr.HTML(elem_id="progress")
                 with gr.Row():
                     fpdm_img = gr.Image(label="FPDM (x0 prediction while sampling)", format="png", interactive=False,
-                                        elem_id="fpdm-images", elem_classes="pixel-grid", height=360)
-                    dit_img = gr.Image(label="DiT at the same budget", format="png", interactive=False,
-                                       elem_id="dit-images", elem_classes="pixel-grid", height=360)
+                                        elem_id="fpdm-images", elem_classes="pixel-grid", show_label=True)
+                    with gr.Column():
+                        dit_img = gr.Image(label="DiT at the same budget", format="png", interactive=False,
+                                           elem_id="dit-images", elem_classes="pixel-grid")
+                        dit_note = gr.Markdown(elem_id="dit-note")
                 caption = gr.Markdown(elem_id="caption")
+                gr.Markdown(f"**The denoising itself**: the x0 prediction of the first {ab.STRIP_IMAGES} images at "
+                            "every step (left to right), FPDM then DiT.")
+                fpdm_strip = gr.Gallery(label="FPDM: x0 prediction per step", columns=12, height="auto", format="png",
+                                        elem_id="fpdm-strip", elem_classes="pixel-grid", object_fit="contain",
+                                        allow_preview=True)
+                dit_strip = gr.Gallery(label="DiT: x0 prediction per step", columns=12, height="auto", format="png",
+                                       elem_id="dit-strip", elem_classes="pixel-grid", object_fit="contain",
+                                       allow_preview=True)
                 summary = gr.Markdown(elem_id="summary")
                 with gr.Row():
-                    heatmap = gr.Plot(label="Relative residual per timestep x iteration", elem_id="residual-plot")
-                    bars = gr.Plot(label="Iterations per timestep", elem_id="iterations-plot")
+                    heatmap = gr.Plot(show_label=False, elem_id="residual-plot")
+                    bars = gr.Plot(show_label=False, elem_id="iterations-plot")
+            with gr.Tab("Compare", id="compare"):
+                gr.Markdown("Two FPDM runs with the settings on the left, the same budget, seed and noise, differing "
+                            "in one thing.")
+                with gr.Row():
+                    comparison = gr.Radio(list(ab.COMPARISONS), value=ab.COMPARE_REUSE, label="Compare",
+                                          elem_id="comparison")
+                    allocation_b = gr.Radio(list(ALLOCATIONS), value="increasing", elem_id="allocation-b",
+                                            label="Second allocation (the first is the one on the left)")
+                    compare_btn = gr.Button("Compare", variant="primary", elem_id="compare-button")
+                compare_status = gr.Markdown(elem_id="compare-status")
+                compare_progress = gr.HTML(elem_id="compare-progress")
+                with gr.Row():
+                    with gr.Column():
+                        a_img = gr.Image(label="first run", format="png", interactive=False, elem_id="compare-a",
+                                         elem_classes="pixel-grid")
+                        a_heatmap = gr.Plot(show_label=False, elem_id="compare-a-plot")
+                    with gr.Column():
+                        b_img = gr.Image(label="second run", format="png", interactive=False, elem_id="compare-b",
+                                         elem_classes="pixel-grid")
+                        b_heatmap = gr.Plot(show_label=False, elem_id="compare-b-plot")
+                compare_summary = gr.Markdown(elem_id="compare-summary")
 
-        inputs = [fpdm_choice, fpdm_upload, dit_choice, dit_upload, weights, mode, steps, iterations, budget, allocation,
-                  reuse,
-                  solver, tol, damping, class_choice, cfg_scale, seed, num_images, method]
-        outputs = [fpdm_img, dit_img, heatmap, bars, summary, status, caption]
-        run.click(functools.partial(generate, folder, device), inputs, outputs, api_name="generate",
-                  show_progress="full", show_progress_on=[status])
+        sampler_inputs = [mode, steps, iterations, budget, allocation, reuse, solver, tol, damping, class_choice,
+                          cfg_scale, seed, num_images, method]
+        run.click(functools.partial(generate, folder, device),
+                  [fpdm_state, dit_state, fpdm_choice, dit_choice, weights, *sampler_inputs],
+                  [fpdm_img, dit_img, dit_note, fpdm_strip, dit_strip, heatmap, bars, summary, status, progress,
+                   caption], api_name="generate", preprocess=False, show_progress="hidden")
+        compare_btn.click(functools.partial(compare, folder, device),
+                          [fpdm_state, fpdm_choice, weights, comparison, allocation_b, *sampler_inputs],
+                          [a_img, b_img, a_heatmap, b_heatmap, compare_summary, compare_status, compare_progress],
+                          api_name="compare", preprocess=False, show_progress="hidden")
+        landscape_inputs = [metric, mode, steps, iterations, budget, reuse, method, cfg_scale]
+        do_landscape = functools.partial(landscape, landscape_path)
+        for control in landscape_inputs:
+            control.change(do_landscape, landscape_inputs, [landscape_plot, landscape_text], api_visibility="private",
+                           queue=False, show_progress="hidden", trigger_mode="always_last", preprocess=False)
+        for kind, upload, state in (("fpdm", fpdm_upload, fpdm_state), ("dit", dit_upload, dit_state)):
+            upload.upload(functools.partial(accept_upload, kind, device), [upload], [state, upload_msg, upload],
+                          api_visibility="private")
+            upload.clear(lambda: (None, ""), None, [state, upload_msg], api_visibility="private")
         do_refresh = functools.partial(refresh, folder, device)
         refresh_io = [fpdm_choice, dit_choice, weights], [fpdm_choice, dit_choice, ckpt_status]
         rescan.click(do_refresh, *refresh_io, api_name="refresh")
-        weights.change(do_refresh, *refresh_io, api_name=False)
-        demo.load(do_refresh, *refresh_io, api_name=False, show_progress="hidden")
+        weights.change(do_refresh, *refresh_io, api_visibility="private")
+        demo.load(do_refresh, *refresh_io, api_visibility="private", show_progress="hidden")
+        demo.load(do_landscape, landscape_inputs, [landscape_plot, landscape_text], api_visibility="private",
+                  show_progress="hidden", preprocess=False)
     return demo
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint-dir", default=None,
-                   help=f"folder of *.safetensors checkpoints (default ${ex.CHECKPOINT_DIR_ENV}, "
+                   help=f"folder of *.safetensors checkpoints (default ${ab.CHECKPOINT_DIR_ENV}, "
                         "else the kit's checkpoints/)")
+    p.add_argument("--landscape", default=None, help="quality landscape JSON (default figures/bench/landscape.json)")
     p.add_argument("--host", default=None, help="server address (default $GRADIO_SERVER_NAME, else 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="server port (default $GRADIO_SERVER_PORT, else 7860)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
@@ -216,11 +392,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // max(1, args.concurrency)))
-    demo = build_demo(args.checkpoint_dir, args.device)  # also loads (and caches) the default checkpoints
+    demo = build_demo(args.checkpoint_dir, args.device, args.landscape)  # also loads (and caches) the default checkpoints
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
-    demo.launch(server_name=args.host, server_port=args.port, theme=theme(), css=CSS, ssr_mode=False, share=False)
+    demo.launch(server_name=args.host, server_port=args.port, theme=theme(), css=CSS, ssr_mode=False, share=False,
+                max_file_size=f"{ab.MAX_UPLOAD_MB}mb")
 
 
 if __name__ == "__main__":

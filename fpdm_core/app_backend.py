@@ -1,22 +1,29 @@
-"""App-facing exploration: UI settings -> a validated `SamplerConfig`, FPDM and DiT at one budget, figures, text.
+"""The app's back end: UI values -> checked settings, sampling FPDM and DiT at one budget, comparisons,
+the measured quality landscape, and the page's figures and text. No Gradio in here.
 
-Everything a front end (the Gradio app, a notebook) needs, without the front end:
-
-- `Settings` / `settings_from_ui`: raw control values -> checked settings; every invalid
-  combination raises `ExploreError` with a message meant for a person.
-- `list_checkpoints`, `resolve_checkpoint`, `load_cached`, `checkpoint_status`: which
-  checkpoints may be chosen (only files listed in one folder, or an uploaded file) and
-  read-only loaded models shared between requests (cached by path, mtime and size).
-- `explore`: a generator that samples FPDM, then the DiT baseline at the same budget in
-  block evaluations, yielding `Update`s with live x0-prediction grids and, at the end,
-  both `SampleRecord`s and a summary. All per-request state (noise generator, solution
-  reuse) lives in the generator; nothing mutable is kept on the module.
+- Limits: `LIMITS` declares every numeric control once (label, range); the page builds its sliders
+  from it and `settings_from_ui` enforces it, with `MAX_WORK` capping the work of one request.
+- `settings_from_ui`: raw control values -> `Settings`, or `ExploreError` naming the field. Controls
+  the chosen mode does not use are ignored, whatever they hold.
+- Checkpoints: `list_checkpoints`, `resolve_checkpoint`, `load_cached`, `load_upload`: only files
+  listed in one folder, or an upload loaded once into memory; messages never show server paths.
+- `explore` / `compare`: generators yielding `Update`s (live grids, progress with an estimate of the
+  time left, x0-prediction frames per step, records). Per-request state lives in the generator.
+- Landscape: `load_landscape`, `pick_grid`, `find_cell`, `iso_budget_iterations`, `best_split`,
+  `dit_at_budget` (pure functions over `figures/bench/landscape.json`), `landscape_figure`,
+  `landscape_answer`.
 """
 from __future__ import annotations
 
+import ctypes
 import functools
+import gc
+import json
 import math
+import numbers
+import re
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
@@ -24,12 +31,12 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .budget import ALLOCATIONS, CostModel
+from .budget import ALLOCATIONS, CostModel, make_plan
 from .checkpoints import CHECKPOINT_DIR, SHIPPED, CheckpointError, load_model
 from .data import FASHION_MNIST_CLASSES
 from .diffusion import GaussianDiffusion
 from .models import DiT, FPDM, ModelConfig
-from .plots import image_grid, iterations_bar_plotly, residual_heatmap_plotly
+from .plots import image_grid, residual_matrix
 from .sampling import METHODS, SampleRecord, SamplerConfig, new_record, sample_progressive
 from .solvers import SOLVERS, NonFiniteError
 
@@ -39,6 +46,8 @@ DEFAULT_NAMES = {kind: path.name for kind, path in SHIPPED.items()}
 KIND_NAMES = {"fpdm": "FPDM", "dit": "DiT"}
 WEIGHTS = ("ema", "model")  # EMA weights (what a finished run should be sampled with) or the raw training weights
 TRAIN_PRESETS = {"fpdm": "FPDM-FM-M", "dit": "DiT-FM-M"}
+LANDSCAPE_FILE = Path(__file__).resolve().parent.parent / "figures" / "bench" / "landscape.json"
+LANDSCAPE_COMMAND = "python -m fpdm_core.bench landscape --quick"
 
 MODE_STEPS = "steps x iterations"
 MODE_BUDGET_STEPS = "budget + steps"
@@ -46,18 +55,58 @@ MODE_BUDGET = "budget (timestep smoothing)"
 BUDGET_MODES = (MODE_STEPS, MODE_BUDGET_STEPS, MODE_BUDGET)
 ALL_CLASSES = "all classes (cycling)"
 UNCONDITIONAL = "unconditional"
+COMPARE_REUSE = "solution reuse on vs off"
+COMPARE_ALLOCATIONS = "two allocations"
+COMPARISONS = (COMPARE_REUSE, COMPARE_ALLOCATIONS)
 
-MAX_IMAGES = 64
-MAX_STEPS = 200
-MAX_ITERATIONS = 40
-MAX_BUDGET = 2000  # block evaluations per image
-MAX_GUIDANCE = 20.0
-MAX_SEED = 2**63 - 1
 GRID_SCALE = 4  # nearest-neighbour upscaling of 28 px images for the page
+STRIP_IMAGES = 3  # images per frame of the denoising strip
+STRIP_SCALE = 2
+MAX_UPLOAD_MB = 64  # a checkpoint upload; the shipped files are 5 and 11 MB
+SAMPLER_DEFAULTS = SamplerConfig()  # the kit's headline sampling settings
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A numeric control: its name in messages and on the page, and its inclusive range."""
+
+    label: str
+    lo: float
+    hi: float
+    integer: bool = True
+
+
+LIMITS = {
+    "steps": Limit("sampling steps", 1, 100),
+    "iterations": Limit("iterations per step", 1, 30),
+    "budget": Limit("budget (block evaluations per image)", 1, 2000),
+    "num_images": Limit("number of images", 1, 64),
+    "seed": Limit("seed", 0, 2**32 - 1),  # torch's CPU generator keeps the low 32 bits: larger seeds would repeat
+    "cfg_scale": Limit("guidance scale", 0.0, 10.0, integer=False),
+    "tol": Limit("tolerance", 0.0, 1.0, integer=False),
+    "damping": Limit("damping", 0.05, 1.0, integer=False),
+}
+MAX_WORK = 20_000  # block evaluations x images per request, FPDM and DiT (or both compared runs) together
+FIELD_LABELS = {  # every control's name in messages
+    **{k: v.label for k, v in LIMITS.items()}, "budget_mode": "budget mode", "allocation": "allocation",
+    "reuse": "solution reuse", "solver": "solver", "class_choice": "class", "method": "sampler",
+    "weights": "weights", "fpdm_choice": "FPDM checkpoint", "dit_choice": "DiT checkpoint",
+    "comparison": "comparison", "allocation_b": "second allocation", "metric": "metric",
+}
 
 
 class ExploreError(ValueError):
-    """An invalid request, with a message for the person who made it."""
+    """An invalid request, with a one-line message for the person who made it."""
+
+
+def _show(value) -> str:
+    """A user's value for a message: short, whatever it is."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{n} {word if n == 1 else many or word + 's'}"
 
 
 # ----------------------------------------------------------------------------- settings
@@ -69,41 +118,41 @@ class Settings:
     steps: int = 10
     iterations: int = 3  # per step, used in MODE_STEPS
     budget: int = 50  # block evaluations per image, used in the budget modes
-    allocation: str = "uniform"
-    reuse: bool = True
-    solver: str = "picard"
+    allocation: str = SAMPLER_DEFAULTS.allocation
+    reuse: bool = SAMPLER_DEFAULTS.reuse
+    solver: str = SAMPLER_DEFAULTS.solver
     tol: float = 0.0  # 0 = run the planned iterations; > 0 stops a step early
-    damping: float = 1.0
+    damping: float = SAMPLER_DEFAULTS.damping
     class_choice: str = ALL_CLASSES
-    cfg_scale: float = 3.0  # the model card's scale: class-faithful samples from the shipped checkpoints
+    cfg_scale: float = SAMPLER_DEFAULTS.cfg_scale
     seed: int = 0
     num_images: int = 10
-    method: str = "ddim"
+    method: str = SAMPLER_DEFAULTS.method
+    precision: str = "auto"  # bf16 where the hardware multiplies it natively (fpdm_core.devices)
 
     def __post_init__(self):
-        _choice("budget mode", self.budget_mode, BUDGET_MODES)
+        _choice("budget_mode", self.budget_mode, BUDGET_MODES)
         _choice("allocation", self.allocation, ALLOCATIONS)
         _choice("solver", self.solver, SOLVERS)
-        _choice("sampler", self.method, METHODS)
-        if self.budget_mode != MODE_BUDGET:
-            _in_range("sampling steps", self.steps, 1, MAX_STEPS)
-        if self.budget_mode == MODE_STEPS:
-            _in_range("iterations per step", self.iterations, 1, MAX_ITERATIONS)
-        else:
-            _in_range("budget (block evaluations per image)", self.budget, 1, MAX_BUDGET)
-        _in_range("number of images", self.num_images, 1, MAX_IMAGES)
-        _in_range("seed", self.seed, 0, MAX_SEED)
-        _in_range("guidance scale", self.cfg_scale, 0.0, MAX_GUIDANCE)
-        _in_range("tolerance", self.tol, 0.0, 1.0)
-        if not 0.0 < self.damping <= 1.0:
-            raise ExploreError(f"damping must be in (0, 1], got {self.damping}")
+        _choice("method", self.method, METHODS)
+        for key in self.used_fields():
+            if key in LIMITS:
+                _number(key, getattr(self, key))
+        if not isinstance(self.class_choice, str):
+            raise ExploreError(f"class must be a class name, got {_show(self.class_choice)}")
         if self.allocation == "adaptive" and self.tol <= 0:
             raise ExploreError("the adaptive allocation stops each step at a residual tolerance: set a tolerance > 0 "
                                "(e.g. 0.01), or choose another allocation")
 
+    def used_fields(self) -> tuple[str, ...]:
+        """The numeric controls this mode and solver read; the others are ignored."""
+        used = {MODE_STEPS: ("steps", "iterations"), MODE_BUDGET_STEPS: ("steps", "budget"),
+                MODE_BUDGET: ("budget",)}[self.budget_mode]
+        return used + ("num_images", "seed", "cfg_scale", "tol") + (("damping",) if self.solver == "picard" else ())
+
     def sampler_config(self) -> SamplerConfig:
         kw = dict(allocation=self.allocation, reuse=self.reuse, solver=self.solver, tol=self.tol or None,
-                  damping=self.damping, method=self.method, cfg_scale=self.cfg_scale)
+                  damping=self.damping, method=self.method, cfg_scale=self.cfg_scale, precision=self.precision)
         try:
             if self.budget_mode == MODE_STEPS:
                 return SamplerConfig(steps=self.steps, iterations=self.iterations, **kw)
@@ -122,61 +171,58 @@ class Settings:
         if self.class_choice == ALL_CLASSES:
             return torch.arange(n) % k
         if self.class_choice not in names:
-            raise ExploreError(f"unknown class {self.class_choice!r}; this model knows: {', '.join(names) or 'none'} "
+            raise ExploreError(f"unknown class {_show(self.class_choice)}; this model knows: {', '.join(names) or 'none'} "
                                f"(or '{ALL_CLASSES}', '{UNCONDITIONAL}')")
         return torch.full((n,), names.index(self.class_choice), dtype=torch.long)
 
 
-def _choice(name, value, options):
-    if value not in options:
-        raise ExploreError(f"unknown {name} {value!r}; choose one of: {', '.join(map(str, options))}")
+def _choice(key, value, options):
+    if not isinstance(value, str) or value not in options:
+        raise ExploreError(f"unknown {FIELD_LABELS[key]} {_show(value)}; choose one of: {', '.join(map(str, options))}")
 
 
-def _in_range(name, value, lo, hi):
-    if not lo <= value <= hi:
-        raise ExploreError(f"{name} must be between {lo} and {hi}, got {value}")
+def _num(v) -> str:
+    """A number for a message: whole numbers in full (a seed), others short."""
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else f"{v:g}"
 
 
-def _as_int(name, value) -> int:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise ExploreError(f"{name} must be a whole number, got {value!r}") from None
-    if not math.isfinite(f) or f != int(f):
-        raise ExploreError(f"{name} must be a whole number, got {value!r}")
-    return int(f)
-
-
-def _as_float(name, value) -> float:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise ExploreError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(f):
-        raise ExploreError(f"{name} must be a finite number, got {value!r}")
-    return f
+def _number(key: str, value) -> int | float:
+    """A numeric control's value, checked against `LIMITS[key]`; anything else -> ExploreError naming the field."""
+    lim = LIMITS[key]
+    kind = "a whole number" if lim.integer else "a number"
+    if value is None or value == "":
+        raise ExploreError(f"{lim.label} is empty: enter {kind} from {_num(lim.lo)} to {_num(lim.hi)}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ExploreError(f"{lim.label} must be {kind} from {_num(lim.lo)} to {_num(lim.hi)}, got {_show(value)}")
+    if not math.isfinite(value):
+        raise ExploreError(f"{lim.label} must be a finite number, got {value}")
+    if lim.integer and value != int(value):
+        raise ExploreError(f"{lim.label} must be a whole number, got {_num(value)}")
+    if not lim.lo <= value <= lim.hi:
+        raise ExploreError(f"{lim.label} must be between {_num(lim.lo)} and {_num(lim.hi)}, got {_num(value)}")
+    return int(value) if lim.integer else float(value)
 
 
 def settings_from_ui(*, budget_mode, steps, iterations, budget, allocation, reuse, solver, tol, damping=1.0,
                      class_choice=ALL_CLASSES, cfg_scale=3.0, seed=0, num_images=10, method="ddim") -> Settings:
-    """Raw control values (sliders send floats, cleared boxes None) -> `Settings`, or `ExploreError`.
+    """Raw control values (numbers, None from a cleared box, or anything an API client sends) -> `Settings`.
 
-    A control the chosen budget mode does not use may be empty.
+    Every bad value raises `ExploreError` naming its field. A control the chosen budget mode
+    (or solver) does not use is ignored, whatever it holds. A cleared tolerance means 0.
     """
+    _choice("budget_mode", budget_mode, BUDGET_MODES)
+    if isinstance(solver, str):
+        solver = solver.lower()
+    _choice("solver", solver, SOLVERS)
+    if not (isinstance(reuse, bool) or (isinstance(reuse, int) and reuse in (0, 1))):
+        raise ExploreError(f"solution reuse must be true or false, got {_show(reuse)}")
     d = Settings()
-    if budget_mode == MODE_STEPS and budget in (None, ""):
-        budget = d.budget
-    if budget_mode != MODE_STEPS and iterations in (None, ""):
-        iterations = d.iterations
-    if budget_mode == MODE_BUDGET and steps in (None, ""):
-        steps = d.steps
-    return Settings(
-        budget_mode=budget_mode, steps=_as_int("sampling steps", steps),
-        iterations=_as_int("iterations per step", iterations),
-        budget=_as_int("budget", budget), allocation=allocation, reuse=bool(reuse), solver=str(solver).lower(),
-        tol=_as_float("tolerance", 0.0 if tol is None else tol), damping=_as_float("damping", damping),
-        class_choice=class_choice, cfg_scale=_as_float("guidance scale", cfg_scale), seed=_as_int("seed", seed),
-        num_images=_as_int("number of images", num_images), method=method)
+    raw = dict(steps=steps, iterations=iterations, budget=budget, num_images=num_images, seed=seed,
+               cfg_scale=cfg_scale, tol=0.0 if tol is None else tol, damping=damping)
+    probe = replace(d, budget_mode=budget_mode, solver=solver)
+    values = {k: _number(k, raw[k]) if k in probe.used_fields() else getattr(d, k) for k in raw}
+    return Settings(budget_mode=budget_mode, allocation=allocation, reuse=bool(reuse), solver=solver,
+                    class_choice=class_choice, method=method, **values)
 
 
 def class_names(config: ModelConfig) -> tuple[str, ...]:
@@ -202,69 +248,91 @@ def list_checkpoints(folder: str | Path) -> list[str]:
     return sorted(p.name for p in folder.glob("*.safetensors") if p.is_file() and p.name != CLASSIFIER_FILE)
 
 
-def missing_help(kind: str, folder: Path) -> str:
+def missing_help(kind: str) -> str:
     name, preset = DEFAULT_NAMES[kind], TRAIN_PRESETS[kind]
-    return (f"No {KIND_NAMES[kind]} checkpoint `{name}` in `{folder}`. Train one with "
+    return (f"No {KIND_NAMES[kind]} checkpoint `{name}` in the app's checkpoint folder. Train one with "
             f"`python -m fpdm_core.train --run-dir runs/{preset} --model {preset} --max-minutes 90`, then copy "
-            f"`runs/{preset}/checkpoint.safetensors` to `{folder / name}` (or start the app with "
+            f"`runs/{preset}/checkpoint.safetensors` there as `{name}` (or start the app with "
             f"`--checkpoint-dir` / ${CHECKPOINT_DIR_ENV} pointing at your checkpoints), or pick or upload another "
             f"checkpoint under *Checkpoints*.")
 
 
-def resolve_checkpoint(kind: str, folder: str | Path, choice: str | None = None, upload: str | None = None) -> Path:
-    """The file to load for slot `kind` ("fpdm" or "dit"): an uploaded file, else a name listed in `folder`.
+def resolve_checkpoint(kind: str, folder: str | Path, choice: str | None = None) -> Path:
+    """The file to load for slot `kind` ("fpdm" or "dit"): a name that `list_checkpoints(folder)` lists.
 
-    A name is accepted only if `list_checkpoints(folder)` lists it, so no other server path can be reached.
+    No other server path can be reached, and messages name files, never folders.
     """
+    key = f"{kind}_choice"
+    if choice is not None and not isinstance(choice, str):
+        raise ExploreError(f"{FIELD_LABELS[key]} must be a file name from the list, got {_show(choice)}")
     folder = Path(folder)
-    if upload:
-        path = Path(upload)
-        if path.suffix != ".safetensors" or not path.is_file():
-            raise ExploreError(f"the uploaded file {path.name!r} is not a .safetensors checkpoint")
-        return path
     name = choice or DEFAULT_NAMES[kind]
-    if name not in list_checkpoints(folder):
+    listed = list_checkpoints(folder)
+    if name not in listed:
         if name == DEFAULT_NAMES[kind]:
-            raise ExploreError(missing_help(kind, folder))
-        raise ExploreError(f"{name!r} is not one of the checkpoints in `{folder}`: "
-                           f"{', '.join(list_checkpoints(folder)) or 'there are none'}")
+            raise ExploreError(missing_help(kind))
+        raise ExploreError(f"{FIELD_LABELS[key]} {_show(name)} is not one of the checkpoints offered: "
+                           f"{', '.join(listed) or 'there are none'}")
     return folder / name
 
 
 @dataclass(frozen=True)
 class Loaded:
-    """A read-only model shared between requests, with its checkpoint's metadata."""
+    """A read-only model shared between requests (or held by one session), with its checkpoint's metadata."""
 
     model: DiT | FPDM
     meta: dict
-    path: Path
+    name: str  # the file's name, never its folder
 
     def describe(self) -> str:
         c = self.model.config
         shape = f"{c.pre_depth} pre + fixed-point + {c.post_depth} post blocks" if c.kind == "fpdm" else f"depth {c.depth}"
         step = self.meta.get("step")
         trained = f", trained {step} steps" if step is not None else ""
-        return (f"`{self.path.name}`: {KIND_NAMES[c.kind]}, hidden {c.hidden_size}, {shape}, "
+        return (f"`{self.name}`: {KIND_NAMES[c.kind]}, hidden {c.hidden_size}, {shape}, "
                 f"{c.num_tokens} tokens, {c.num_classes} classes{trained}")
+
+
+_NAME_LIST = re.compile(r"\[(?:'[\w.]+'(?:, )?)+\]")  # ['blocks.0.attn.qkv.weight', ...]
+_ABS_PATH = re.compile(r"(?:/[^\s'\"`:,()]+)+/([^\s'\"`:,()/]+)")
+
+
+def public_message(error: Exception, name: str) -> str:
+    """An error about checkpoint `name` without server paths or dumps of weight names, one line."""
+    text = _ABS_PATH.sub(r"\1", str(error)).replace("\n", " ").removeprefix(f"{name}: ")
+    dump = re.search(r"\s*[(:]?\s*(Error\(s\) in loading|Missing key|Unexpected key|size mismatch|missing \[|"
+                     r"unexpected \[)", text)
+    if dump:  # load_state_dict's lists of weight names
+        text = text[:dump.start()] + " (its tensors do not fit the model its metadata describes)"
+    text = _NAME_LIST.sub("[...]", text)
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return f"could not load checkpoint {name}: {text}"
+
+
+def _load_file(path: Path, device: str, weights: str, name: str) -> Loaded:
+    from safetensors import safe_open
+
+    try:
+        model = load_model(path, weights=weights, device=device).requires_grad_(False)
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get("fpdm", "{}"))
+    except FileNotFoundError:
+        raise ExploreError(f"checkpoint {name} does not exist") from None
+    except (CheckpointError, OSError, ValueError, RuntimeError, TypeError, KeyError) as e:
+        raise ExploreError(public_message(e, name)) from None
+    return Loaded(model, meta if isinstance(meta, dict) else {}, name)
 
 
 _LOAD_LOCK = threading.Lock()
 
 
-@functools.lru_cache(maxsize=6)
-def _load(path: str, mtime_ns: int, size: int, device: str, weights: str) -> Loaded:
-    import json
-
-    from safetensors import safe_open
-
-    model = load_model(path, weights=weights, device=device).requires_grad_(False)
-    with safe_open(path, "pt") as f:
-        meta = json.loads((f.metadata() or {}).get("fpdm", "{}"))
-    return Loaded(model, meta, Path(path))
+@functools.lru_cache(maxsize=4)
+def _load_listed(path: str, mtime_ns: int, size: int, device: str, weights: str) -> Loaded:
+    return _load_file(Path(path), device, weights, Path(path).name)
 
 
 def load_cached(path: str | Path, device: str = "cpu", weights: str = "ema") -> Loaded:
-    """Load (once per path, mtime, size, device and weights) a checkpoint's model; CheckpointError -> ExploreError.
+    """Load (once per path, mtime, size, device and weights) a listed checkpoint's model.
 
     weights: "ema" (falls back to the raw weights if the file has no EMA) or "model".
     """
@@ -272,21 +340,41 @@ def load_cached(path: str | Path, device: str = "cpu", weights: str = "ema") -> 
     path = Path(path)
     try:
         st = path.stat()
-        with _LOAD_LOCK:
-            return _load(str(path.resolve()), st.st_mtime_ns, st.st_size, str(device), weights)
-    except FileNotFoundError as e:
-        raise ExploreError(f"checkpoint {path.name} does not exist") from e
-    except (CheckpointError, OSError, ValueError) as e:
-        raise ExploreError(f"could not load checkpoint {path.name}: {e}") from e
+    except OSError:
+        raise ExploreError(f"checkpoint {path.name} does not exist") from None
+    with _LOAD_LOCK:
+        return _load_listed(str(path.resolve()), st.st_mtime_ns, st.st_size, str(device), weights)
 
 
-def load_slot(kind: str, folder: str | Path, choice: str | None = None, upload: str | None = None,
+def load_upload(kind: str, path: str | Path, name: str, device: str = "cpu") -> dict[str, Loaded]:
+    """An uploaded checkpoint loaded into memory, both weight sets: {"ema": Loaded, "model": Loaded}.
+
+    The caller deletes the file afterwards: the session keeps the models, not the upload.
+    """
+    path = Path(path)
+    if not str(name).endswith(".safetensors"):
+        raise ExploreError(f"the uploaded {KIND_NAMES[kind]} file {_show(name)} is not a .safetensors checkpoint")
+    size = path.stat().st_size if path.is_file() else 0
+    if size > MAX_UPLOAD_MB * 2**20:
+        raise ExploreError(f"the uploaded {KIND_NAMES[kind]} file {name} is {size / 2**20:.0f} MB; "
+                           f"the app takes checkpoints up to {MAX_UPLOAD_MB} MB")
+    out = {w: _load_file(path, device, w, name) for w in WEIGHTS}
+    found = out["ema"].model.config.kind
+    if found != kind:
+        raise ExploreError(f"{name} holds a {KIND_NAMES[found]} model, but the {KIND_NAMES[kind]} slot needs a "
+                           f"{KIND_NAMES[kind]} checkpoint")
+    return out
+
+
+def load_slot(kind: str, folder: str | Path, choice: str | None = None, upload: dict | None = None,
               device: str = "cpu", weights: str = "ema") -> Loaded:
-    """Resolve and load the model for slot `kind`, checking that it is of that kind."""
-    loaded = load_cached(resolve_checkpoint(kind, folder, choice, upload), device, weights)
+    """The model for slot `kind`: an upload held by the session (`load_upload`), else a listed checkpoint."""
+    _choice("weights", weights, WEIGHTS)
+    loaded = upload[weights] if upload else load_cached(resolve_checkpoint(kind, folder, choice), device, weights)
     if loaded.model.config.kind != kind:
-        raise ExploreError(f"{loaded.path.name} holds a {KIND_NAMES[loaded.model.config.kind]} model, "
-                           f"but the {KIND_NAMES[kind]} slot needs a {KIND_NAMES[kind]} checkpoint")
+        raise ExploreError(f"{FIELD_LABELS[f'{kind}_choice']} {loaded.name} holds a "
+                           f"{KIND_NAMES[loaded.model.config.kind]} model, but the {KIND_NAMES[kind]} slot needs a "
+                           f"{KIND_NAMES[kind]} checkpoint")
     return loaded
 
 
@@ -303,19 +391,40 @@ def checkpoint_status(folder: str | Path, fpdm_choice: str | None = None, dit_ch
     return "\n".join(lines)
 
 
+RELEASE_AFTER_WORK = 2_000  # block evaluations x images: below this a request leaves little to give back
+
+
+def release_memory(work: int) -> None:
+    """After a request of `work` block evaluations x images, give freed memory back to the operating system
+    (glibc keeps it otherwise). Small requests skip it: a full garbage collection costs more than they hold."""
+    if work < RELEASE_AFTER_WORK:
+        return
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
 # ----------------------------------------------------------------------------- running
 @dataclass
 class Update:
-    """One refresh of the page: live grids while sampling, records and a summary at the end."""
+    """One refresh of the page: progress with an estimate, live grids, and at the end records, frames, text."""
 
-    stage: str  # "fpdm" | "dit" | "done"
-    progress: float  # 0..1 over both runs
+    stage: str  # "fpdm" | "dit" | "done" (compare: "a" | "b" | "done")
+    progress: float  # 0..1 of the request's FLOPs
     message: str  # one status line
+    elapsed_s: float = 0.0
+    left_s: float | None = None  # None until one step has been timed
+    refreshed: bool = True  # grids changed since the last update
     fpdm_grid: np.ndarray | None = None  # uint8 (H, W) or (H, W, 3)
     dit_grid: np.ndarray | None = None
     fpdm_record: SampleRecord | None = None
     dit_record: SampleRecord | None = None
+    fpdm_frames: list = field(default_factory=list)  # [(uint8 frame, caption)] one per step
+    dit_frames: list = field(default_factory=list)
     summary: str = ""
+    dit_note: str = ""  # why the DiT panel is empty, if it is
     notes: list[str] = field(default_factory=list)
 
 
@@ -323,10 +432,15 @@ def grid_columns(n: int) -> int:
     return n if n <= 5 else 5 if n <= 20 else math.ceil(math.sqrt(n))
 
 
-def to_grid(images: torch.Tensor, scale: int = GRID_SCALE) -> np.ndarray:
-    """Images in [-1, 1] (B, C, H, W) -> one uint8 grid, upscaled `scale` x (nearest)."""
-    g = image_grid(images, nrow=grid_columns(images.shape[0]))
+def to_grid(images: torch.Tensor, scale: int = GRID_SCALE, columns: int | None = None) -> np.ndarray:
+    """Images in [-1, 1] (B, C, H, W) -> one uint8 grid, upscaled `scale` x (nearest neighbour)."""
+    g = image_grid(images, nrow=columns or grid_columns(images.shape[0]))
     return np.ascontiguousarray(g.repeat(scale, axis=0).repeat(scale, axis=1))
+
+
+def strip_frame(x0_pred: torch.Tensor) -> np.ndarray:
+    """The first `STRIP_IMAGES` x0 predictions (B, C, H, W) of one step, stacked in a column."""
+    return to_grid(x0_pred[:STRIP_IMAGES].float(), STRIP_SCALE, columns=1)
 
 
 def dit_baseline_steps(dit_config: ModelConfig, budget: int) -> int:
@@ -341,12 +455,68 @@ def _compatible(a: ModelConfig, b: ModelConfig) -> str | None:
     return None
 
 
+def _plan_flops(model, record: SampleRecord) -> float:
+    cost = CostModel.of(model.config)
+    return sum(cost.step_flops(k) for k in record.plan["iterations"])
+
+
+def check_work(per_image: int, num_images: int, what: str) -> None:
+    """Refuse a request whose block evaluations x images exceed `MAX_WORK`, saying how to stay under it."""
+    work = per_image * num_images
+    if work > MAX_WORK:
+        fit = max(1, MAX_WORK // max(1, per_image))
+        raise ExploreError(
+            f"this request needs {work:,} block evaluations x images ({what}: {per_image} per image x "
+            f"{plural(num_images, 'image')}); the app's cap is {MAX_WORK:,}. Use at most {plural(fit, 'image')} "
+            f"at this budget, or fewer sampling steps / iterations per step / a smaller budget")
+
+
+class _Clock:
+    """Elapsed time and a time-left estimate from the FLOPs done so far (the rate measured in this request)."""
+
+    def __init__(self, total_flops: float):
+        self.start, self.total, self.done = time.perf_counter(), total_flops, 0.0
+
+    def tick(self, flops: float) -> tuple[float, float, float | None]:
+        self.done += flops
+        elapsed = time.perf_counter() - self.start
+        left = elapsed / self.done * (self.total - self.done) if self.done > 0 else None
+        return min(1.0, self.done / self.total), elapsed, left
+
+
+def _sample(model, diffusion, labels, config: SamplerConfig, record: SampleRecord, seed: int, device, who: str,
+            clock: _Clock, max_updates: int) -> Iterator[tuple]:
+    """Run one model; yield (progress, elapsed, left, step, refreshed, grid or None, frames) after every step."""
+    steps = record.plan["steps"]
+    every = max(1, math.ceil(steps / max_updates))
+    gen = torch.Generator().manual_seed(seed)
+    frames = []
+    try:
+        for step in sample_progressive(model, diffusion, labels, config, generator=gen, device=device, record=record):
+            n = step.index + 1
+            frames.append((strip_frame(step.x0_pred.cpu()), f"step {n}, t = {step.record.t}"
+                           + (f", {plural(step.record.iterations, 'iteration')}" if who != "DiT" else "")))
+            refreshed = n % every == 0 or n == steps
+            grid = to_grid((step.x_t if n == steps else step.x0_pred).cpu()) if refreshed else None
+            yield (*clock.tick(step.record.flops), step, refreshed, grid, frames)
+    except NonFiniteError as e:
+        raise ExploreError(f"{who} diverged: {e}") from None
+    except ValueError as e:
+        raise ExploreError(f"{who} sampling failed: {e}") from None
+
+
+def _progress_message(who: str, step, total_steps: int) -> str:
+    its = "" if who == "DiT" else f", {plural(step.record.iterations, 'iteration')}"
+    return f"{who} step {step.index + 1} of {total_steps} (t = {step.record.t}{its})"
+
+
 def explore(fpdm: FPDM, dit: DiT | None, settings: Settings, *, device: str | torch.device = "cpu",
             max_updates: int = 20, dit_note: str | None = None) -> Iterator[Update]:
-    """Sample FPDM with `settings`, then DiT with the steps that fit the same budget; yield page updates.
+    """Sample FPDM with `settings`, then DiT with the steps that fit the same budget; yield an update per step.
 
     The same seed gives both models the same initial noise and labels. `dit` may be None
-    (then `dit_note` says why). Raises ExploreError for an impossible plan or a diverging solver.
+    (then `dit_note` says why). Grids refresh at most `max_updates` times per model. Raises
+    ExploreError for an impossible plan, too much work, or a diverging solver.
     """
     config = settings.sampler_config()
     labels = settings.labels(fpdm.config)
@@ -354,61 +524,89 @@ def explore(fpdm: FPDM, dit: DiT | None, settings: Settings, *, device: str | to
     try:
         record = new_record(fpdm, diffusion, config)
     except ValueError as e:
-        raise ExploreError(f"cannot plan this run: {e}") from e
+        raise ExploreError(f"cannot plan this run: {e}") from None
     budget = record.plan["budget"]
-    notes = [dit_note] if dit_note else []
-    dit_config = dit_steps = None
+    notes, panel_note = [], dit_note or ""
+    dit_loaded = dit is not None
+    dit_config, dit_depth = None, CostModel.of(dit.config if dit is not None else _nominal_dit()).explicit_blocks
     if dit is not None:
         why = _compatible(fpdm.config, dit.config)
         if why:
-            notes.append(f"The DiT checkpoint does not match the FPDM one ({why}): no baseline.")
+            panel_note = f"The DiT checkpoint does not match the FPDM one ({why}): no baseline."
+            dit = None
+        elif dit_baseline_steps(dit.config, budget) == 0:
+            panel_note = (f"No DiT sample at this budget: one DiT step costs {dit_depth} block evaluations per image "
+                          f"(its depth), and this budget is {budget}. Raise the budget to at least {dit_depth} to "
+                          f"see DiT.")
             dit = None
         else:
-            dit_steps = dit_baseline_steps(dit.config, budget)
-            if dit_steps == 0:
-                notes.append(f"The budget ({budget} block evaluations per image) is below one DiT step "
-                             f"(depth {dit.config.depth}): no DiT baseline at this budget.")
-                dit = None
-            else:
-                dit_config = replace(config, steps=min(dit_steps, diffusion.num_timesteps), budget=budget)
-    total = record.plan["steps"] + (dit_config.steps if dit is not None else 0)
+            steps = min(dit_baseline_steps(dit.config, budget), diffusion.num_timesteps)
+            dit_config = replace(config, steps=steps, iterations=None, budget=budget)
+    if panel_note:
+        notes.append(panel_note)
+    dit_record = new_record(dit, diffusion, dit_config) if dit is not None else None
+    check_work(budget + (dit_record.plan["steps"] * dit_depth if dit_record else 0), settings.num_images,
+               "FPDM + DiT" if dit_record else "FPDM")
+    clock = _Clock(_plan_flops(fpdm, record) + (_plan_flops(dit, dit_record) if dit_record else 0.0))
 
     fpdm_grid = dit_grid = None
-    every = max(1, math.ceil(record.plan["steps"] / max_updates))
-    gen = torch.Generator().manual_seed(settings.seed)
-    try:
-        for step in sample_progressive(fpdm, diffusion, labels, config, generator=gen, device=device, record=record):
-            n = step.index + 1
-            if n % every == 0 or n == record.plan["steps"]:
-                fpdm_grid = to_grid(step.x0_pred if n < record.plan["steps"] else step.x_t)
-                yield Update("fpdm", n / total, f"FPDM step {n}/{record.plan['steps']} (t={step.record.t}, "
-                             f"{step.record.iterations} iterations)", fpdm_grid, None, record, None, notes=notes)
-    except NonFiniteError as e:
-        raise ExploreError(f"FPDM diverged: {e}") from e
-    except ValueError as e:
-        raise ExploreError(f"FPDM sampling failed: {e}") from e
+    fpdm_frames: list = []
+    dit_frames: list = []
+    for progress, elapsed, left, step, refreshed, grid, fpdm_frames in _sample(
+            fpdm, diffusion, labels, config, record, settings.seed, device, "FPDM", clock, max_updates):
+        fpdm_grid = grid if grid is not None else fpdm_grid
+        yield Update("fpdm", progress, _progress_message("FPDM", step, record.plan["steps"]), elapsed, left, refreshed,
+                     fpdm_grid, None, record, None, dit_note=panel_note, notes=notes)
+    if dit_record is not None:
+        for progress, elapsed, left, step, refreshed, grid, dit_frames in _sample(
+                dit, diffusion, labels, dit_config, dit_record, settings.seed, device, "DiT", clock, max_updates):
+            dit_grid = grid if grid is not None else dit_grid
+            yield Update("dit", progress, _progress_message("DiT", step, dit_record.plan["steps"]), elapsed, left,
+                         refreshed, fpdm_grid, dit_grid, record, dit_record, notes=notes)
+    summary = summary_markdown(record, dit_record, settings, dit_depth=dit_depth, dit_loaded=dit_loaded, notes=notes)
+    yield Update("done", 1.0, "done", time.perf_counter() - clock.start, 0.0, True, fpdm_grid, dit_grid, record,
+                 dit_record, fpdm_frames, dit_frames, summary, panel_note, notes)
 
-    dit_record = None
-    if dit is not None:
-        dit_record = new_record(dit, diffusion, dit_config)
-        every = max(1, math.ceil(dit_config.steps / max_updates))
-        gen = torch.Generator().manual_seed(settings.seed)
+
+def comparison_variants(settings: Settings, comparison: str, allocation_b: str = "increasing") -> list[tuple[str, Settings]]:
+    """The two runs of a one-click comparison: same budget, seed and everything else."""
+    _choice("comparison", comparison, COMPARISONS)
+    if comparison == COMPARE_REUSE:
+        return [("reuse on", replace(settings, reuse=True)), ("reuse off", replace(settings, reuse=False))]
+    _choice("allocation_b", allocation_b, ALLOCATIONS)
+    if allocation_b == settings.allocation:
+        raise ExploreError(f"second allocation is the same as the first ({allocation_b}): choose another one")
+    b = replace(settings, allocation=allocation_b)  # Settings re-checks: adaptive needs a tolerance
+    return [(f"{settings.allocation} allocation", settings), (f"{allocation_b} allocation", b)]
+
+
+def compare(fpdm: FPDM, variants: list[tuple[str, Settings]], *, device: str | torch.device = "cpu",
+            max_updates: int = 10) -> Iterator[Update]:
+    """Sample FPDM once per variant (same seed, same budget); yield updates, then both records and grids.
+
+    In the updates, `fpdm_*` holds the first variant and `dit_*` the second (the page's two panels).
+    """
+    diffusion = GaussianDiffusion().to(device)
+    runs = []
+    for label, s in variants:
+        config = s.sampler_config()
         try:
-            for step in sample_progressive(dit, diffusion, labels, dit_config, generator=gen, device=device,
-                                           record=dit_record):
-                n = step.index + 1
-                if n % every == 0 or n == dit_config.steps:
-                    dit_grid = to_grid(step.x0_pred if n < dit_config.steps else step.x_t)
-                    yield Update("dit", (record.plan["steps"] + n) / total, f"DiT step {n}/{dit_config.steps}",
-                                 fpdm_grid, dit_grid, record, dit_record, notes=notes)
-        except NonFiniteError as e:
-            raise ExploreError(f"DiT diverged: {e}") from e
+            runs.append((label, s, config, new_record(fpdm, diffusion, config)))
         except ValueError as e:
-            raise ExploreError(f"DiT sampling failed: {e}") from e
-    default_depth = CostModel.of(dit.config if dit is not None else _nominal_dit()).explicit_blocks
-    yield Update("done", 1.0, "done", fpdm_grid, dit_grid, record, dit_record,
-                 summary_markdown(record, dit_record, settings, dit_depth=default_depth, dit_loaded=dit is not None,
-                                  notes=notes), notes)
+            raise ExploreError(f"cannot plan the {label} run: {e}") from None
+    check_work(sum(r[3].plan["budget"] for r in runs), variants[0][1].num_images, "both compared runs")
+    clock = _Clock(sum(_plan_flops(fpdm, r[3]) for r in runs))
+    grids, frames = [None, None], [[], []]
+    for i, (label, s, config, record) in enumerate(runs):
+        for progress, elapsed, left, step, refreshed, grid, frames[i] in _sample(
+                fpdm, diffusion, s.labels(fpdm.config), config, record, s.seed, device, f"FPDM ({label})", clock,
+                max_updates):
+            grids[i] = grid if grid is not None else grids[i]
+            yield Update("ab"[i], progress, _progress_message(f"FPDM ({label})", step, record.plan["steps"]), elapsed,
+                         left, refreshed, grids[0], grids[1], runs[0][3], runs[1][3] if i else None)
+    summary = compare_markdown([(label, record) for label, _, _, record in runs])
+    yield Update("done", 1.0, "done", time.perf_counter() - clock.start, 0.0, True, grids[0], grids[1], runs[0][3],
+                 runs[1][3], frames[0], frames[1], summary)
 
 
 def _nominal_dit() -> ModelConfig:
@@ -417,16 +615,57 @@ def _nominal_dit() -> ModelConfig:
     return PRESETS[TRAIN_PRESETS["dit"]]
 
 
+def progress_text(u: Update) -> str:
+    """'FPDM step 3 of 10 (...) · 0.4 s elapsed, about 0.9 s left' from an update."""
+    left = "estimating the time left" if u.left_s is None else f"about {_seconds(u.left_s)} left"
+    return f"{u.message} · {_seconds(u.elapsed_s)} elapsed, {left}"
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.1f} s" if s < 60 else f"{int(s // 60)} min {int(s % 60)} s"
+
+
 # ----------------------------------------------------------------------------- figures and text
-def residual_figure(record: SampleRecord):
-    fig = residual_heatmap_plotly(record, title="FPDM relative residual ||f(z)-z|| / ||f(z)|| (log10)")
-    fig.update_layout(height=380)
+_PLOT_MARGIN = dict(l=60, r=20, t=48, b=44)
+
+
+def residual_figure(record: SampleRecord, title: str = "FPDM relative residual ||f(z) - z|| / ||f(z)||"):
+    """Heatmap of the relative residual, timestep (rows, sampling order) x iteration; colour on a log scale,
+    hover and colour bar in real units."""
+    import plotly.graph_objects as go
+
+    m = residual_matrix(record)  # (steps, max iterations)
+    ts = [s.t for s in record.steps]
+    z = np.log10(np.where(m > 0, m, np.nan))
+    finite = z[np.isfinite(z)]
+    lo, hi = (math.floor(finite.min()), math.ceil(finite.max())) if finite.size else (-3, 0)
+    ticks = list(range(lo, hi + 1)) if hi > lo else [lo]
+    custom = np.stack([m, np.repeat(np.array(ts, dtype=float)[:, None], m.shape[1], axis=1)], axis=-1)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(1, m.shape[1] + 1)), y=list(range(len(ts))), customdata=custom, colorscale="Viridis",
+        colorbar=dict(title="residual", tickvals=ticks, ticktext=[f"1e{t}" for t in ticks]),
+        hovertemplate="residual %{customdata[0]:.2e} at t = %{customdata[1]}, iteration %{x}<extra></extra>"))
+    fig.update_layout(title=dict(text=title, font_size=14), xaxis_title="fixed-point iteration",
+                      yaxis=dict(title="timestep t (sampling order)", autorange="reversed", tickmode="array",
+                                 tickvals=list(range(len(ts))), ticktext=[f"t={t}" for t in ts]),
+                      margin=_PLOT_MARGIN, height=380)
     return fig
 
 
-def iterations_figure(record: SampleRecord):
-    fig = iterations_bar_plotly(record, title="FPDM fixed-point iterations per timestep")
-    fig.update_layout(height=380)
+def iterations_figure(record: SampleRecord, title: str = "FPDM fixed-point iterations per timestep"):
+    """Bars: iterations used vs allowed at each timestep (sampling order)."""
+    import plotly.graph_objects as go
+
+    ts = [str(s.t) for s in record.steps]
+    fig = go.Figure([
+        go.Bar(x=ts, y=[s.max_iterations for s in record.steps], name="allowed", marker_color="#c7d2fe",
+               hovertemplate="t = %{x}: %{y} iterations allowed<extra></extra>"),
+        go.Bar(x=ts, y=[s.iterations for s in record.steps], name="used", marker_color="#4f46e5",
+               hovertemplate="t = %{x}: %{y} iterations used<extra></extra>"),
+    ])
+    fig.update_layout(title=dict(text=title, font_size=14), barmode="overlay", xaxis_title="timestep t (sampling order)",
+                      yaxis_title="iterations", xaxis_type="category", margin=_PLOT_MARGIN, height=380,
+                      legend=dict(orientation="h", y=1.0, x=1.0, xanchor="right", yanchor="bottom"))
     return fig
 
 
@@ -450,23 +689,38 @@ def summary_markdown(fpdm: SampleRecord, dit: SampleRecord | None, settings: Set
     if dit is not None:
         rows.append(f"| **DiT** | {len(dit.steps)} | - (depth {dit_depth}) | {dit.spent_block_evals} of {plan['budget']} "
                     f"| {_gflops(dit.spent_flops)} | {dit.spent_block_evals / dit_depth:.2f} |")
+    elif dit_loaded:
+        rows.append(f"| **DiT** | 0 | - (depth {dit_depth}) | 0 of {plan['budget']} | 0 | below one DiT step |")
     finals = [s.rel_trace[-1] for s in fpdm.steps if s.rel_trace]
     firsts = [s.rel_trace[0] for s in fpdm.steps if s.rel_trace]
     converged = sum(s.converged for s in fpdm.steps)
     lines = ["\n".join(rows)]
     lines.append(f"**Plan**: {plan['rule']}; {settings.solver} solver, reuse {'on' if settings.reuse else 'off'}"
-                 + (f", tolerance {settings.tol:g} ({converged}/{len(fpdm.steps)} steps converged)" if settings.tol else "")
-                 + ".")
+                 + (f", tolerance {settings.tol:g} ({converged} of {plural(len(fpdm.steps), 'step')} converged)"
+                    if settings.tol else "") + ".")
     if finals:
         lines.append(f"**Relative residual**: first iteration median {np.median(firsts):.3g}, "
                      f"last iteration median {np.median(finals):.3g} (max {max(finals):.3g}).")
     n = settings.num_images * (2 if settings.cfg_scale != 1.0 else 1)
-    lines.append(f"Costs are per image; this batch ran {n} model rows"
+    lines.append(f"Costs are per image; this batch ran {plural(n, 'model row')}"
                  + (" (guidance doubles the batch)" if settings.cfg_scale != 1.0 else "")
                  + f", {_gflops(fpdm.spent_flops * n)} GFLOPs for FPDM in all. One fixed-point iteration costs "
                  "more FLOPs than one DiT block (projection MLP + block).")
     lines += [f"**Note:** {note}" for note in notes or []]
     return "\n\n".join(lines)
+
+
+def compare_markdown(runs: list[tuple[str, SampleRecord]]) -> str:
+    """One row per compared run: steps, iterations, block evaluations, residuals."""
+    rows = ["| run | steps | iterations / step | block evaluations | first-iteration residual (median) "
+            "| last-iteration residual (median) |", "|---|---|---|---|---|---|"]
+    for label, r in runs:
+        its = [s.iterations for s in r.steps]
+        firsts = [s.rel_trace[0] for s in r.steps if s.rel_trace]
+        finals = [s.rel_trace[-1] for s in r.steps if s.rel_trace]
+        rows.append(f"| **{label}** | {len(r.steps)} | {min(its)}-{max(its)} | {r.spent_block_evals} of "
+                    f"{r.plan['budget']} | {np.median(firsts):.3g} | {np.median(finals):.3g} |")
+    return "\n".join(rows) + "\n\nSame budget, seed, noise and classes in both runs."
 
 
 def label_caption(settings: Settings, config: ModelConfig) -> str:
@@ -476,3 +730,290 @@ def label_caption(settings: Settings, config: ModelConfig) -> str:
     cols = grid_columns(len(ids))
     rows = [", ".join(shown[r:r + cols]) for r in range(0, len(shown), cols)]
     return "Classes, row by row: " + " | ".join(rows)
+
+
+# ----------------------------------------------------------------------------- the quality landscape
+@dataclass(frozen=True)
+class Landscape:
+    """The measured quality of FPDM over (steps, iterations) grids and of DiT over steps (landscape.json)."""
+
+    metrics: dict  # name -> {"label", "higher_is_better"}, display order
+    grids: list  # [{"name", "method", "cfg_scale", "reuse", "n", "steps", "iterations", "cells"}]
+    dit: list  # [{"method", "cfg_scale", "steps", "block_evals", "metrics"}]
+    pre_depth: int
+    post_depth: int
+    dit_depth: int
+    mode: str = ""
+
+    @property
+    def explicit_blocks(self) -> int:
+        return self.pre_depth + self.post_depth
+
+
+def load_landscape(path: str | Path = LANDSCAPE_FILE) -> Landscape:
+    """Read a landscape file (schema: the lead's benchmark); FileNotFoundError if absent, ExploreError if malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no quality landscape yet: generate it with `{LANDSCAPE_COMMAND}`")
+    try:
+        doc = json.loads(path.read_text())
+        r = doc["results"]
+        ls = Landscape(dict(r["metrics"]), list(r["grids"]), list(r.get("dit", [])), int(r["fpdm"]["pre_depth"]),
+                       int(r["fpdm"]["post_depth"]), int(r["dit_depth"]), str(doc.get("mode", "")))
+        for g in ls.grids:
+            g["steps"], g["iterations"] = sorted(map(int, g["steps"])), sorted(map(int, g["iterations"]))
+            if not g["steps"] or not g["iterations"] or min(g["steps"] + g["iterations"]) < 1:
+                raise ValueError(f"grid {g.get('name')} needs steps and iterations >= 1")
+            for c in g["cells"]:
+                c["steps"], c["iterations"], c["block_evals"] = int(c["steps"]), int(c["iterations"]), int(c["block_evals"])
+            g["cfg_scale"], g["reuse"], g["method"] = float(g["cfg_scale"]), bool(g["reuse"]), str(g["method"])
+        for d in ls.dit:
+            d["steps"], d["block_evals"], d["cfg_scale"] = int(d["steps"]), int(d["block_evals"]), float(d["cfg_scale"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ExploreError(f"the quality landscape file {path.name} is unreadable ({type(e).__name__}: {e}); "
+                           f"regenerate it with `{LANDSCAPE_COMMAND}`") from None
+    if not ls.metrics or not ls.grids:
+        raise ExploreError(f"the quality landscape file {path.name} holds no metrics or grids; "
+                           f"regenerate it with `{LANDSCAPE_COMMAND}`")
+    return ls
+
+
+def pick_grid(ls: Landscape, method: str, cfg_scale: float, reuse: bool) -> tuple[dict, str]:
+    """The grid measured with these settings, else the first one, with a note saying what differs."""
+    for g in ls.grids:
+        if g["method"] == method and math.isclose(g["cfg_scale"], cfg_scale) and bool(g["reuse"]) == bool(reuse):
+            return g, ""
+    g = ls.grids[0]
+    return g, (f"No grid was measured for {method}, guidance {cfg_scale:g}, reuse {'on' if reuse else 'off'}; "
+               f"showing {g['method']}, guidance {g['cfg_scale']:g}, reuse {'on' if g['reuse'] else 'off'}.")
+
+
+def find_cell(grid: dict, steps: int, iterations: int) -> dict | None:
+    """The measured cell at (steps, iterations per step), or None."""
+    return next((c for c in grid["cells"] if c["steps"] == steps and c["iterations"] == iterations), None)
+
+
+def iso_budget_iterations(budget: float, steps: float, explicit_blocks: int) -> float:
+    """Iterations per step K on the line S * (pre + K + post) = B."""
+    return budget / steps - explicit_blocks
+
+
+def metric_value(entry: dict, metric: str) -> tuple[float, float | None, float | None] | None:
+    """(value, lo, hi) of `metric` in a cell or DiT entry; None if not measured."""
+    m = (entry.get("metrics") or {}).get(metric)
+    if not isinstance(m, dict) or not _real(m.get("value")) or not math.isfinite(m["value"]):
+        return None
+    return m["value"], m.get("lo"), m.get("hi")
+
+
+def _real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _better(a: float, b: float, higher_is_better: bool) -> bool:
+    return a > b if higher_is_better else a < b
+
+
+def best_split(grid: dict, budget: float, metric: str, higher_is_better: bool) -> dict | None:
+    """The measured cell with the best `metric` among those costing at most `budget` block evaluations."""
+    best = None
+    for c in grid["cells"]:
+        v = metric_value(c, metric)
+        if v is None or c["block_evals"] > budget:
+            continue
+        if best is None or _better(v[0], metric_value(best, metric)[0], higher_is_better) or (
+                v[0] == metric_value(best, metric)[0] and c["block_evals"] < best["block_evals"]):
+            best = c
+    return best
+
+
+def dit_at_budget(ls: Landscape, budget: float, method: str, cfg_scale: float, metric: str) -> dict | None:
+    """The DiT run with the most steps within `budget` (same sampler and guidance) that measured `metric`."""
+    fits = [d for d in ls.dit if d["method"] == method and math.isclose(d["cfg_scale"], cfg_scale)
+            and d["block_evals"] <= budget and metric_value(d, metric) is not None]
+    return max(fits, key=lambda d: d["block_evals"], default=None)
+
+
+def _axis_position(values: list, v: float) -> float:
+    """Position of `v` on a categorical axis of sorted `values` (index i at values[i]), log-interpolated."""
+    logs = np.log(np.asarray(values, dtype=float))
+    if len(values) == 1:
+        return 0.0
+    return float(np.interp(math.log(v), logs, np.arange(len(values)), left=-0.5, right=len(values) - 0.5))
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def _with_ci(v: tuple | None) -> str:
+    if v is None:
+        return "not measured"
+    value, lo, hi = v
+    return f"{_fmt(value)} (95% CI {_fmt(lo)}-{_fmt(hi)})" if lo is not None and hi is not None else _fmt(value)
+
+
+def current_split(ls: Landscape, settings: Settings) -> tuple[int, float, int]:
+    """(steps, mean iterations per step, budget) the settings would run, planned with the landscape model's depths."""
+    cost = CostModel("fpdm", ls.explicit_blocks, 0.0, 0.0, 0.0)  # planning reads only the block counts
+    kw = {MODE_STEPS: dict(steps=settings.steps, iterations=settings.iterations),
+          MODE_BUDGET_STEPS: dict(steps=settings.steps, budget=settings.budget),
+          MODE_BUDGET: dict(budget=settings.budget)}[settings.budget_mode]
+    try:
+        plan = make_plan(cost, allocation="uniform", **kw)
+    except ValueError as e:
+        raise ExploreError(f"cannot plan this split: {e}") from None
+    return plan.steps, sum(plan.iterations) / plan.steps, plan.budget
+
+
+def landscape_figure(ls: Landscape, grid: dict, metric: str, split: tuple[int, float, int] | None = None):
+    """Heatmap of `metric` over steps (x) x iterations per step (y); the split, its iso-budget line, the best
+    split on or under that line, and DiT's value at that budget in the title."""
+    import plotly.graph_objects as go
+
+    info = ls.metrics[metric]
+    S, K = grid["steps"], grid["iterations"]
+    z = np.full((len(K), len(S)), np.nan)
+    text = np.full((len(K), len(S)), "not measured", dtype=object)
+    for c in grid["cells"]:
+        if c["steps"] in S and c["iterations"] in K:
+            i, j = K.index(c["iterations"]), S.index(c["steps"])
+            v = metric_value(c, metric)
+            if v is not None:
+                z[i, j] = v[0]
+            text[i, j] = (f"{c['steps']} steps x {c['iterations']} iterations = {c['block_evals']} block evaluations"
+                          f"<br>{info['label']}: {_with_ci(v)}")
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(len(S))), y=list(range(len(K))), text=text, hovertemplate="%{text}<extra></extra>",
+        colorscale="Viridis", reversescale=not info.get("higher_is_better", True),
+        colorbar=dict(title=dict(text=metric, side="right")), hoverongaps=True))
+    title = f"{info['label']}: {grid['method']}, guidance {grid['cfg_scale']:g}, reuse {'on' if grid['reuse'] else 'off'}"
+    if split is not None:
+        steps, its, budget = split
+        ss = np.geomspace(S[0], S[-1], 200) if len(S) > 1 else np.array([S[0]], dtype=float)
+        kk = iso_budget_iterations(budget, ss, ls.explicit_blocks)
+        keep = (kk >= K[0]) & (kk <= K[-1])  # the line inside the measured grid
+        fig.add_trace(go.Scatter(
+            x=[_axis_position(S, s) for s in ss[keep]], y=[_axis_position(K, k) for k in kk[keep]], mode="lines",
+            line=dict(color="white", dash="dash", width=2), name=f"budget {budget}", hoverinfo="skip"))
+        best = best_split(grid, budget, metric, info.get("higher_is_better", True))
+        if best is not None:
+            fig.add_trace(go.Scatter(
+                x=[S.index(best["steps"])], y=[K.index(best["iterations"])], mode="markers", name="best measured",
+                marker=dict(symbol="star", size=20, color="gold", line=dict(color="black", width=1)),
+                hovertemplate=(f"best measured within {budget}: {best['steps']} steps x {best['iterations']} iterations"
+                               f"<br>{info['label']}: {_with_ci(metric_value(best, metric))}<extra></extra>")))
+        cell = find_cell(grid, steps, round(its)) if its == round(its) else None
+        fig.add_trace(go.Scatter(
+            x=[_axis_position(S, steps)], y=[_axis_position(K, its)], mode="markers", name="your split",
+            marker=dict(symbol="circle-open", size=18, color="red", line=dict(width=3)),
+            hovertemplate=(f"your split: {steps} steps x {its:.3g} iterations = {budget} block evaluations"
+                           f"<br>{info['label']}: {_with_ci(metric_value(cell, metric) if cell else None)}"
+                           "<extra></extra>")))
+        dit = dit_at_budget(ls, budget, grid["method"], grid["cfg_scale"], metric)
+        title += (f"<br>DiT at {budget} block evaluations ({plural(dit['steps'], 'step')}): "
+                  f"{_with_ci(metric_value(dit, metric))}" if dit else f"<br>no DiT run measured within {budget}")
+    fig.update_layout(
+        title=dict(text=title, font_size=13), margin=dict(l=60, r=20, t=70, b=44), height=440,
+        xaxis=dict(title="sampling steps S", tickmode="array", tickvals=list(range(len(S))), ticktext=[str(s) for s in S],
+                   range=[-0.5, len(S) - 0.5]),
+        yaxis=dict(title="fixed-point iterations per step K", tickmode="array", tickvals=list(range(len(K))),
+                   ticktext=[str(k) for k in K], range=[-0.5, len(K) - 0.5]),
+        legend=dict(orientation="h", y=-0.18, x=0), showlegend=split is not None)
+    return fig
+
+
+def landscape_answer(ls: Landscape, grid: dict, metric: str, split: tuple[int, float, int]) -> str:
+    """Markdown: is this split a good use of its budget? Your cell, the best measured one within it, DiT there."""
+    info = ls.metrics[metric]
+    hib = info.get("higher_is_better", True)
+    steps, its, budget = split
+    its_text = f"{its:g}" if its == round(its) else f"{its:.2f} (mean)"
+    lines = [f"**Your split:** {plural(steps, 'step')} x {its_text} iterations per step = {budget} block evaluations "
+             f"per image ({ls.pre_depth} pre + K + {ls.post_depth} post blocks per step)."]
+    cell = find_cell(grid, steps, round(its)) if its == round(its) else None
+    mine = metric_value(cell, metric) if cell else None
+    lines.append(f"Measured {info['label']} here: {_with_ci(mine)}" + (
+        "" if cell else f" (the grid has steps {', '.join(map(str, grid['steps']))} and iterations "
+                        f"{', '.join(map(str, grid['iterations']))})") + ".")
+    best = best_split(grid, budget, metric, hib)
+    if best is None:
+        lines.append(f"No measured split costs {budget} block evaluations or less.")
+    else:
+        bv = metric_value(best, metric)
+        lines.append(f"**Best measured split within {budget}:** {plural(best['steps'], 'step')} x "
+                     f"{plural(best['iterations'], 'iteration')} ({best['block_evals']} block evaluations): "
+                     f"{_with_ci(bv)}.")
+        if mine is not None and best is not cell:
+            relation = _ci_relation(mine, bv, hib)
+            lines.append("**Verdict:** " + (
+                "no confidence intervals in the file: compare the values above." if relation is None else
+                "the best split is better than yours beyond both 95% intervals: spend this budget differently."
+                if relation == "worse" else
+                "yours is within the measurement uncertainty of the best split (the 95% intervals overlap)."))
+        elif mine is not None:
+            lines.append("**Verdict:** yours is the best measured split within this budget.")
+    dit = dit_at_budget(ls, budget, grid["method"], grid["cfg_scale"], metric)
+    if dit is None:
+        lines.append(f"**DiT at this budget:** no DiT run measured within {budget} block evaluations "
+                     f"(one DiT step costs {ls.dit_depth}).")
+    else:
+        dv = metric_value(dit, metric)
+        lines.append(f"**DiT at this budget:** {plural(dit['steps'], 'step')} ({dit['block_evals']} block evaluations): "
+                     f"{_with_ci(dv)}.")
+        if best is not None:
+            lines.append("FPDM's best split here vs DiT: " + {
+                "better": "FPDM is better beyond both 95% intervals.", "worse": "DiT is better beyond both 95% intervals.",
+                "overlap": "the 95% intervals overlap (no clear difference).",
+                None: "no confidence intervals to compare."}[_ci_relation(metric_value(best, metric), dv, hib)])
+    return "\n\n".join(lines)
+
+
+def _ci_relation(a: tuple, b: tuple, higher_is_better: bool) -> str | None:
+    """'better' / 'worse' if a's and b's 95% intervals do not overlap (a better or worse), 'overlap', or None."""
+    (_, alo, ahi), (_, blo, bhi) = a, b
+    if None in (alo, ahi, blo, bhi):
+        return None
+    if ahi < blo:
+        return "worse" if higher_is_better else "better"
+    if alo > bhi:
+        return "better" if higher_is_better else "worse"
+    return "overlap"
+
+
+def landscape_for_ui(ls: Landscape | None, problem: str, metric, *, budget_mode, steps, iterations, budget,
+                     reuse, method, cfg_scale) -> tuple[object | None, str]:
+    """(figure or None, markdown) for the landscape panel from raw control values; never raises."""
+    if ls is None:
+        return None, problem
+    if not isinstance(metric, str) or metric not in ls.metrics:
+        metric = next(iter(ls.metrics))
+    try:
+        s = settings_from_ui(budget_mode=budget_mode, steps=steps, iterations=iterations, budget=budget,
+                             allocation="uniform", reuse=reuse, solver="picard", tol=0, cfg_scale=cfg_scale,
+                             method=method)
+        grid, note = pick_grid(ls, s.method, s.cfg_scale, s.reuse)
+        split = current_split(ls, s)
+    except ExploreError as e:
+        grid, note = ls.grids[0], ""
+        return landscape_figure(ls, grid, metric), f"**Cannot place your split:** {e}"
+    answer = landscape_answer(ls, grid, metric, split)
+    source = f"Measured by the benchmark ({ls.mode or 'unknown'} mode, {grid.get('n', '?')} images per cell)."
+    return landscape_figure(ls, grid, metric, split), "\n\n".join(x for x in (answer, note, source) if x)
+
+
+@functools.lru_cache(maxsize=2)
+def _landscape_cached(path: str, mtime_ns: int) -> Landscape:
+    return load_landscape(path)
+
+
+def landscape_or_problem(path: str | Path = LANDSCAPE_FILE) -> tuple[Landscape | None, str]:
+    """The landscape (re-read when the file changes), or None and a sentence saying how to make it."""
+    path = Path(path)
+    try:
+        return _landscape_cached(str(path), path.stat().st_mtime_ns), ""
+    except OSError:
+        return None, (f"**No quality landscape yet** ({path.name} is missing). Generate it with "
+                      f"`{LANDSCAPE_COMMAND}` (it writes figures/bench/landscape.json), then reload the page.")
+    except ExploreError as e:
+        return None, f"**Cannot show the quality landscape:** {e}"

@@ -1,21 +1,29 @@
-"""The Gradio app: handlers called directly (no server), then the real server driven by eight gradio clients at once."""
+"""The Gradio app: handlers called directly (no server), the landscape functions, a fuzz of bad requests,
+then the real server driven by eight gradio clients at once and by fuzzed API calls."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import logging
+import math
 import shutil
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-from fpdm_core import explore as ex
+from fpdm_core import app_backend as ab
 from fpdm_core.checkpoints import load_checkpoint, save_checkpoint
+from fpdm_core.diffusion import spaced_timesteps
 from fpdm_core.models import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
+LANDSCAPE = ROOT / "tests" / "fixtures" / "landscape_small.json"  # made-up values in the benchmark's schema
 
 
 def load_app_module(name: str):
@@ -33,10 +41,11 @@ main = load_app_module("main")
 launcher = load_app_module("launcher")
 
 # Small and fast: tiny models, 4 images, 4 steps x 2 iterations.
-BASE = dict(fpdm_choice=None, fpdm_upload=None, dit_choice=None, dit_upload=None, weights="ema",
-            budget_mode=ex.MODE_STEPS, steps=4, iterations=2, budget=20, allocation="uniform", reuse=True,
+BASE = dict(fpdm_upload=None, dit_upload=None, fpdm_choice=None, dit_choice=None, weights="ema",
+            budget_mode=ab.MODE_STEPS, steps=4, iterations=2, budget=20, allocation="uniform", reuse=True,
             solver="picard", tol=0, damping=1.0,
-            class_choice=ex.ALL_CLASSES, cfg_scale=1.0, seed=0, num_images=4, method="ddim")
+            class_choice=ab.ALL_CLASSES, cfg_scale=1.0, seed=0, num_images=4, method="ddim")
+API = {k: v for k, v in BASE.items() if k not in ("fpdm_upload", "dit_upload")}  # uploads live in the session
 
 
 def write_nan_checkpoint(src: Path, dst: Path) -> None:
@@ -49,21 +58,43 @@ def write_nan_checkpoint(src: Path, dst: Path) -> None:
     save_checkpoint(dst, model=model, meta={"step": 0})
 
 
+def write_mismatched_checkpoint(src: Path, dst: Path) -> None:
+    """Tensors of the tiny FPDM, metadata claiming one more post block: a load_state_dict key error."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    doc = json.loads(meta["fpdm"])
+    doc["model"]["post_depth"] += 1
+    save_file(tensors, str(dst), metadata={**meta, "fpdm": json.dumps(doc)})
+
+
 @pytest.fixture(scope="module")
 def ckpt_dir(tiny_checkpoints, tmp_path_factory) -> Path:
-    """The tiny checkpoints under the shipped names, plus a corrupt, a diverging and a classifier file."""
+    """The tiny checkpoints under the shipped names, plus corrupt, diverging, mismatched and classifier files."""
     d = tmp_path_factory.mktemp("app_ckpts")
-    shutil.copy(tiny_checkpoints["fpdm"], d / ex.DEFAULT_NAMES["fpdm"])
-    shutil.copy(tiny_checkpoints["dit"], d / ex.DEFAULT_NAMES["dit"])
+    shutil.copy(tiny_checkpoints["fpdm"], d / ab.DEFAULT_NAMES["fpdm"])
+    shutil.copy(tiny_checkpoints["dit"], d / ab.DEFAULT_NAMES["dit"])
     (d / "broken.safetensors").write_bytes(b"\x00" * 64)
-    (d / ex.CLASSIFIER_FILE).write_bytes(b"not offered")
-    write_nan_checkpoint(d / ex.DEFAULT_NAMES["fpdm"], d / "nan-fpdm.safetensors")
+    (d / ab.CLASSIFIER_FILE).write_bytes(b"not offered")
+    write_nan_checkpoint(d / ab.DEFAULT_NAMES["fpdm"], d / "nan-fpdm.safetensors")
+    write_mismatched_checkpoint(d / ab.DEFAULT_NAMES["fpdm"], d / "mismatched.safetensors")
     return d
 
 
 def as_arrays(update):
-    """Images of an update (PIL, as the page gets them) as uint8 arrays."""
-    return tuple(np.asarray(x) if hasattr(x, "info") else x for x in update)
+    """Outputs of an update by name; images (PIL, as the page gets them) as uint8 arrays, plots as dicts."""
+    out = {}
+    for name, x in zip(main.GENERATE_OUTPUTS if len(update) == len(main.GENERATE_OUTPUTS) else main.COMPARE_OUTPUTS,
+                       update):
+        if hasattr(x, "info"):
+            x = np.asarray(x)
+        elif hasattr(x, "plot"):
+            x = json.loads(x.plot)
+        out[name] = x
+    return out
 
 
 def run(folder, **overrides):
@@ -75,93 +106,219 @@ def final(folder, **overrides):
     return run(folder, **overrides)[-1]
 
 
+def values(v) -> np.ndarray:
+    """A plotly JSON array (a list, or plotly 6's typed {"dtype", "bdata", "shape"}) as floats."""
+    if isinstance(v, dict):
+        import base64
+
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"])
+        return a.reshape([int(n) for n in str(v.get("shape", len(a))).split(",")]).astype(float)
+    return np.asarray(v, dtype=float)
+
+
+def is_image(x) -> bool:
+    return isinstance(x, np.ndarray)
+
+
 # ----------------------------------------------------------------------------- handlers, no server
-def test_valid_settings_give_images_figures_and_budget(ckpt_dir):
+def test_valid_settings_give_images_figures_strips_and_budget(ckpt_dir):
     updates = run(ckpt_dir)
-    assert len(updates) >= 4 + 1, "the handler streams while sampling"
-    assert all(u[0] is not None for u in updates), "FPDM grid shown from the first update on"
-    fpdm_img, dit_img, heat, bars, summary, status, caption = updates[-1]
-    assert status.startswith("**Done:**"), status
+    sampling = [u for u in updates if u["status"].startswith("**Sampling:**")]
+    assert len(sampling) >= 4 + 4, "an update per FPDM and per DiT step"
+    assert all("<progress" in u["progress"] and " left" in u["progress"] for u in sampling[1:])
+    done = updates[-1]
+    assert done["status"].startswith("**Done:**"), done["status"]
+    assert "4 FPDM steps, 4 DiT steps in" in done["status"]
+    fpdm_img, dit_img = done["fpdm_img"], done["dit_img"]
     assert fpdm_img.dtype == np.uint8 and fpdm_img.shape == dit_img.shape
-    assert fpdm_img.shape == (32 * ex.GRID_SCALE, 122 * ex.GRID_SCALE)  # 1 row of 4 images of 28 px, 2 px padding
-    z = np.asarray(heat.data[0].z, dtype=float)
+    assert fpdm_img.shape == (32 * ab.GRID_SCALE, 122 * ab.GRID_SCALE)  # 1 row of 4 images of 28 px, 2 px padding
+    heat, bars = done["heatmap"], done["bars"]
+    assert heat["config"] == {"displayModeBar": False} and bars["config"] == {"displayModeBar": False}
+    z = values(heat["data"][0]["z"])
     assert z.shape == (4, 2) and np.isfinite(z).all()
-    assert list(bars.data[0].y) == [2, 2, 2, 2]
+    custom = values(heat["data"][0]["customdata"])  # hover: the residual itself and t
+    assert np.allclose(np.log10(custom[..., 0]), z) and list(custom[:, 0, 1]) == spaced_timesteps(4)
+    assert "residual %{customdata[0]:.2e} at t = %{customdata[1]}" in heat["data"][0]["hovertemplate"]
+    assert [t["name"] for t in bars["data"]] == ["allowed", "used"] and list(values(bars["data"][1]["y"])) == [2, 2, 2, 2]
     # FPDM-tiny: 1 pre + 2 iterations + 1 post = 4 block evaluations per step; DiT-tiny depth 4 -> 4 steps.
-    assert "| **FPDM** | 4 | 2-2 (uniform) | 16 of 16 |" in summary
-    assert "| **DiT** | 4 | - (depth 4) | 16 of 16 |" in summary
-    assert "GFLOPs" in summary and "DiT-step equivalent" in summary
-    assert caption == "Classes, row by row: T-shirt/top, Trouser, Pullover, Dress"
+    assert "| **FPDM** | 4 | 2-2 (uniform) | 16 of 16 |" in done["summary"]
+    assert "| **DiT** | 4 | - (depth 4) | 16 of 16 |" in done["summary"]
+    assert done["caption"] == "Classes, row by row: T-shirt/top, Trouser, Pullover, Dress"
+    for strip, n in ((done["fpdm_strip"], 4), (done["dit_strip"], 4)):  # one frame per step
+        assert len(strip) == n and all(f.shape == (3 * 30 * 2 + 4, 32 * 2) for f, _ in strip)
+    assert [c for _, c in done["fpdm_strip"]][:2] == [f"step 1, t = {spaced_timesteps(4)[0]}, 2 iterations",
+                                                      f"step 2, t = {spaced_timesteps(4)[1]}, 2 iterations"]
 
 
-def test_budget_modes_and_allocations(ckpt_dir):
-    u = final(ckpt_dir, budget_mode=ex.MODE_BUDGET_STEPS, steps=4, budget=30, allocation="increasing")
-    assert u[5].startswith("**Done:**"), u[5]
-    its = list(u[3].data[0].y)
-    assert sum(its) == 30 - 4 * 2 and its[0] > its[-1]
-    u = final(ckpt_dir, budget_mode=ex.MODE_BUDGET, budget=24, steps=None, allocation="adaptive", tol=0.05,
-              solver="anderson")
-    assert u[5].startswith("**Done:**"), u[5]
-    assert "timestep smoothing" in u[4] and "converged" in u[4]
+def test_progress_estimate_is_measured_and_grids_refresh_at_most_every_update(ckpt_dir):
+    updates = list(ab.explore(ab.load_slot("fpdm", ckpt_dir).model, ab.load_slot("dit", ckpt_dir).model,
+                              replace(ab.Settings(), steps=40, iterations=1, num_images=1, cfg_scale=1.0),
+                              max_updates=10))
+    progress = [u.progress for u in updates]
+    assert progress == sorted(progress) and progress[-1] == 1.0 and len(updates) == 40 + 30 + 1  # DiT: 120 // 4
+    assert all(u.left_s is not None and u.left_s >= 0 for u in updates)
+    assert sum(u.refreshed for u in updates if u.stage == "fpdm") == 10
 
 
 @pytest.mark.parametrize("overrides, expect", [
-    (dict(budget_mode=ex.MODE_BUDGET_STEPS, steps=10, budget=5), "below"),
-    (dict(budget_mode=ex.MODE_BUDGET, budget=3), "below one step"),
-    (dict(num_images=ex.MAX_IMAGES + 1), "number of images"),
+    (dict(budget_mode=ab.MODE_BUDGET_STEPS, steps=10, budget=5), "below"),
+    (dict(budget_mode=ab.MODE_BUDGET, budget=3), "below one step"),
+    (dict(num_images=ab.LIMITS["num_images"].hi + 1), "number of images"),
     (dict(num_images=0), "number of images"),
     (dict(class_choice="Unicorn"), "unknown class"),
     (dict(allocation="adaptive", tol=0), "tolerance"),
     (dict(allocation="sideways"), "unknown allocation"),
     (dict(solver="newton"), "unknown solver"),
-    (dict(steps=2.5), "whole number"),
+    (dict(steps=2.5), "sampling steps must be a whole number"),
+    (dict(steps="10"), "sampling steps must be a whole number from 1 to 100, got '10'"),
+    (dict(steps=None), "sampling steps is empty"),
+    (dict(steps=500), "sampling steps must be between 1 and 100, got 500"),
     (dict(seed=None), "seed"),
-    (dict(tol=float("nan")), "finite"),
+    (dict(seed=2**32), "seed must be between 0 and 4294967295"),
+    (dict(seed=-1), "seed"),
+    (dict(tol=float("nan")), "tolerance must be a finite number"),
+    (dict(cfg_scale=float("inf")), "guidance scale must be a finite number"),
     (dict(cfg_scale=-1), "guidance"),
     (dict(damping=0), "damping"),
-    (dict(fpdm_choice="broken.safetensors"), "could not load"),
-    (dict(fpdm_choice=ex.CLASSIFIER_FILE), "not one of the checkpoints"),
+    (dict(reuse="yes"), "solution reuse"),
+    (dict(fpdm_choice="broken.safetensors"), "could not load checkpoint broken.safetensors"),
+    (dict(fpdm_choice="mismatched.safetensors"), "its tensors do not fit the model its metadata describes"),
+    (dict(fpdm_choice=ab.CLASSIFIER_FILE), "not one of the checkpoints"),
     (dict(fpdm_choice="../../etc/passwd"), "not one of the checkpoints"),
     (dict(fpdm_choice=str(ROOT / "pyproject.toml")), "not one of the checkpoints"),
-    (dict(fpdm_choice=ex.DEFAULT_NAMES["dit"]), "the FPDM slot needs a FPDM checkpoint"),
-    (dict(fpdm_upload=str(ROOT / "pyproject.toml")), "not a .safetensors"),
+    (dict(fpdm_choice=7), "FPDM checkpoint must be a file name"),
+    (dict(fpdm_choice=ab.DEFAULT_NAMES["dit"]), "the FPDM slot needs a FPDM checkpoint"),
     (dict(fpdm_choice="nan-fpdm.safetensors"), "diverged"),
     (dict(weights="/etc/passwd"), "unknown weights"),
+    (dict(steps=100, iterations=30, num_images=64), "the app's cap is 20,000"),
 ])
 def test_invalid_input_gives_a_message(ckpt_dir, overrides, expect):
-    updates = run(ckpt_dir, **overrides)
-    fpdm_img, dit_img, heat, bars, summary, status, caption = updates[-1]
-    assert status.startswith("**Cannot run:**"), status
-    assert expect in status, status
-    assert fpdm_img is None and heat is None
+    done = final(ckpt_dir, **overrides)
+    assert done["status"].startswith("**Cannot run:**"), done["status"]
+    assert expect in done["status"], done["status"]
+    assert done["fpdm_img"] is None and done["heatmap"] is None
+    assert str(ckpt_dir) not in done["status"] and "/tmp" not in done["status"]  # no server paths
+    assert "blocks_pre" not in done["status"] and "Missing key" not in done["status"]  # no weight names
 
 
-def test_uploaded_checkpoint_and_raw_weights(ckpt_dir, tmp_path):
-    upload = tmp_path / "uploaded.safetensors"  # what gr.File hands the handler: a path in gradio's upload cache
-    shutil.copy(ckpt_dir / ex.DEFAULT_NAMES["fpdm"], upload)
-    from_upload, listed = final(ckpt_dir, fpdm_upload=str(upload)), final(ckpt_dir)
-    assert from_upload[5].startswith("**Done:** uploaded.safetensors") and np.array_equal(from_upload[0], listed[0])
-    raw = final(ckpt_dir, weights="model")
-    assert raw[5].startswith("**Done:**") and not np.array_equal(raw[0], listed[0])
+def test_work_cap_message_says_how_to_stay_under_it(ckpt_dir):
+    status = final(ckpt_dir, steps=50, iterations=10, num_images=64)["status"]
+    per_image = 50 * (1 + 10 + 1) + (50 * 12 // 4) * 4  # FPDM, then the DiT steps that fit the same budget
+    assert f"{per_image * 64:,} block evaluations x images" in status, status
+    assert f"Use at most {ab.MAX_WORK // per_image} images" in status
+    fits = final(ckpt_dir, steps=50, iterations=10, num_images=ab.MAX_WORK // per_image)
+    assert fits["status"].startswith("**Done:**"), fits["status"]
 
 
-def test_missing_checkpoint_says_how_to_train(tmp_path):
-    status = final(tmp_path / "empty")[5]
+@pytest.mark.parametrize("overrides", [
+    dict(budget=None),  # steps x iterations: the budget box is unused
+    dict(budget=float("nan")),
+    dict(budget_mode=ab.MODE_BUDGET_STEPS, budget=20, iterations="x"),
+    dict(budget_mode=ab.MODE_BUDGET, budget=20, steps=None, iterations=float("inf")),
+    dict(solver="anderson", damping=float("nan")),  # damping is Picard's
+])
+def test_controls_the_mode_does_not_use_never_block(ckpt_dir, overrides):
+    done = final(ckpt_dir, **overrides)
+    assert done["status"].startswith("**Done:**"), done["status"]
+
+
+def test_seed_range_is_what_the_generator_uses(ckpt_dir):
+    top = final(ckpt_dir, seed=2**32 - 1, steps=2)
+    zero = final(ckpt_dir, seed=0, steps=2)
+    assert top["status"].startswith("**Done:**") and not np.array_equal(top["fpdm_img"], zero["fpdm_img"])
+    assert torch.Generator().manual_seed(2**32).initial_seed() == 2**32  # stored in full ...
+    a, b = (torch.randn(3, generator=torch.Generator().manual_seed(s)) for s in (0, 2**32))
+    assert torch.equal(a, b)  # ... yet seeds 0 and 2**32 draw the same noise: hence the limit
+
+
+def test_rejected_request_logs_one_line(ckpt_dir, caplog):
+    with caplog.at_level(logging.INFO, logger="fpdm_app"):
+        final(ckpt_dir, steps="ten")
+    records = [r for r in caplog.records if r.name == "fpdm_app"]
+    assert len(records) == 1 and records[0].levelno == logging.WARNING and records[0].exc_info is None
+    assert "sampling steps" in records[0].getMessage()
+
+
+def gradio_upload(tmp_path: Path, name: str, content: bytes | Path) -> Path:
+    """What gr.File hands the handler: the file in a folder of its own in gradio's cache."""
+    folder = tmp_path / f"upload-{len(list(tmp_path.iterdir()))}"
+    folder.mkdir()
+    path = folder / name
+    path.write_bytes(content.read_bytes() if isinstance(content, Path) else content)
+    return path
+
+
+def test_uploaded_checkpoint_is_loaded_then_deleted(ckpt_dir, tmp_path):
+    upload = gradio_upload(tmp_path, "uploaded.safetensors", ckpt_dir / ab.DEFAULT_NAMES["fpdm"])
+    models, message, _ = main.accept_upload("fpdm", "cpu", str(upload))
+    assert not upload.exists() and not upload.parent.exists(), "the upload is removed once loaded"
+    assert "uploaded.safetensors" in message and set(models) == {"ema", "model"}
+    from_upload, listed = final(ckpt_dir, fpdm_upload=models), final(ckpt_dir)
+    assert from_upload["status"].startswith("**Done:** uploaded.safetensors")
+    assert np.array_equal(from_upload["fpdm_img"], listed["fpdm_img"])
+    raw = final(ckpt_dir, fpdm_upload=models, weights="model")
+    assert raw["status"].startswith("**Done:**") and not np.array_equal(raw["fpdm_img"], listed["fpdm_img"])
+
+    wrong = gradio_upload(tmp_path, "dit.safetensors", ckpt_dir / ab.DEFAULT_NAMES["dit"])
+    models, message, box = main.accept_upload("fpdm", "cpu", str(wrong))
+    assert models is None and box is None and not wrong.exists()
+    assert message.startswith("**Upload refused:**") and "needs a FPDM checkpoint" in message
+    for name, data in (("junk.safetensors", b"\x00" * 64), ("notes.txt", b"hello")):
+        path = gradio_upload(tmp_path, name, data)
+        models, message, _ = main.accept_upload("fpdm", "cpu", str(path))
+        assert models is None and message.startswith("**Upload refused:**") and str(tmp_path) not in message
+        assert not path.exists()
+
+
+def test_upload_size_limit(ckpt_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(ab, "MAX_UPLOAD_MB", 0)
+    path = tmp_path / "big.safetensors"
+    shutil.copy(ckpt_dir / ab.DEFAULT_NAMES["fpdm"], path)
+    with pytest.raises(ab.ExploreError, match="up to 0 MB"):
+        ab.load_upload("fpdm", path, path.name)
+
+
+def test_missing_checkpoint_says_how_to_train_without_server_paths(tmp_path):
+    status = final(tmp_path / "empty")["status"]
     assert "No FPDM checkpoint `fpdm-fm-m.safetensors`" in status and "python -m fpdm_core.train" in status
-    md = ex.checkpoint_status(tmp_path / "empty")
+    assert str(tmp_path) not in status
+    md = ab.checkpoint_status(tmp_path / "empty")
     assert "fpdm-fm-m.safetensors" in md and "dit-fm-m.safetensors" in md and "Train one" in md
 
 
-def test_missing_or_too_small_dit_still_shows_fpdm(ckpt_dir, tmp_path):
+def test_dit_panel_explains_itself(ckpt_dir, tmp_path):
     solo = tmp_path / "solo"
     solo.mkdir()
-    shutil.copy(ckpt_dir / ex.DEFAULT_NAMES["fpdm"], solo / ex.DEFAULT_NAMES["fpdm"])
-    u = final(solo)
-    assert u[5].startswith("**Done:**") and u[0] is not None and u[1] is None
-    assert "No DiT baseline" in u[4] and "nominal DiT depth 8" in u[4]
-    u = final(ckpt_dir, steps=1, iterations=1)  # 3 block evaluations < one DiT-tiny step (depth 4)
-    assert u[5].startswith("**Done:**") and u[1] is None
-    assert "below one DiT step" in u[4]
+    shutil.copy(ckpt_dir / ab.DEFAULT_NAMES["fpdm"], solo / ab.DEFAULT_NAMES["fpdm"])
+    done = final(solo)
+    assert done["status"].startswith("**Done:**") and is_image(done["fpdm_img"]) and done["dit_img"] is None
+    assert "No DiT baseline" in done["dit_note"] and "nominal DiT depth 8" in done["summary"]
+    done = final(ckpt_dir, steps=1, iterations=1)  # 3 block evaluations < one DiT-tiny step (depth 4)
+    assert done["status"].startswith("**Done:**") and done["dit_img"] is None
+    assert "1 FPDM step in" in done["status"], "singular"
+    assert "one DiT step costs 4 block evaluations" in done["dit_note"] and "at least 4" in done["dit_note"]
+    assert "no DiT loaded" not in done["summary"] and "below one DiT step" in done["summary"]
+    assert done["dit_strip"] is None and len(done["fpdm_strip"]) == 1
+
+
+def test_comparisons_in_one_click(ckpt_dir):
+    kw = {k: v for k, v in BASE.items() if k not in ("fpdm_upload", "dit_upload", "dit_choice")}
+    reuse = [as_arrays(u) for u in main.compare(str(ckpt_dir), "cpu", None, comparison=ab.COMPARE_REUSE,
+                                                allocation_b="increasing", **kw)][-1]
+    assert reuse["compare_status"].startswith("**Done:** reuse on vs reuse off, 4 steps each")
+    assert is_image(reuse["a_img"]) and reuse["a_img"].shape == reuse["b_img"].shape
+    za, zb = (values(reuse[k]["data"][0]["z"]) for k in ("a_heatmap", "b_heatmap"))
+    assert za.shape == zb.shape == (4, 2) and not np.allclose(za[1:, 0], zb[1:, 0]), "reuse changes later first residuals"
+    assert np.allclose(za[0], zb[0]), "the first step starts the same way"
+    assert "| **reuse on** | 4 | 2-2 | 16 of 16 |" in reuse["compare_summary"]
+    alloc = [as_arrays(u) for u in main.compare(str(ckpt_dir), "cpu", None, comparison=ab.COMPARE_ALLOCATIONS,
+                                                allocation_b="increasing", **{**kw, "budget_mode": ab.MODE_BUDGET_STEPS,
+                                                                              "budget": 24})][-1]
+    assert "| **uniform allocation** | 4 | 4-4 | 24 of 24 |" in alloc["compare_summary"]
+    assert "| **increasing allocation** | 4 | 2-6 | 24 of 24 |" in alloc["compare_summary"]
+    same = [as_arrays(u) for u in main.compare(str(ckpt_dir), "cpu", None, comparison=ab.COMPARE_ALLOCATIONS,
+                                               allocation_b="uniform", **kw)][-1]
+    assert same["compare_status"].startswith("**Cannot run:**") and "second allocation" in same["compare_status"]
 
 
 def test_reuse_state_not_shared_between_interleaved_calls(ckpt_dir):
@@ -177,40 +334,183 @@ def test_reuse_state_not_shared_between_interleaved_calls(ckpt_dir):
             break
         last_a, last_b = na or last_a, nb or last_b
     for mixed, alone in ((last_a, alone_a), (last_b, alone_b)):
-        assert np.array_equal(mixed[0], alone[0]) and np.array_equal(mixed[1], alone[1])
-        assert mixed[4] == alone[4]
-        assert np.array_equal(np.asarray(mixed[2].data[0].z, dtype=float), np.asarray(alone[2].data[0].z, dtype=float),
-                              equal_nan=True)
+        assert np.array_equal(mixed["fpdm_img"], alone["fpdm_img"]) and np.array_equal(mixed["dit_img"], alone["dit_img"])
+        assert mixed["summary"] == alone["summary"]
+        assert np.array_equal(values(mixed["heatmap"]["data"][0]["z"]),
+                              values(alone["heatmap"]["data"][0]["z"]), equal_nan=True)
 
 
-def test_settings_and_checkpoint_listing(ckpt_dir, monkeypatch, tmp_path):
-    s = ex.settings_from_ui(budget_mode=ex.MODE_STEPS, steps=10.0, iterations=3.0, budget=None, allocation="uniform",
+def test_settings_defaults_and_checkpoint_listing(ckpt_dir, monkeypatch, tmp_path):
+    s = ab.settings_from_ui(budget_mode=ab.MODE_STEPS, steps=10.0, iterations=3.0, budget=None, allocation="uniform",
                             reuse=1, solver="Picard", tol=None)
     assert (s.steps, s.iterations, s.solver, s.tol) == (10, 3, "picard", 0.0)
-    assert s.sampler_config().iterations == 3
-    names = ex.list_checkpoints(ckpt_dir)
-    assert ex.CLASSIFIER_FILE not in names and "fpdm-fm-m.safetensors" in names
-    with pytest.raises(ex.ExploreError):
-        ex.resolve_checkpoint("fpdm", ckpt_dir, "../" + ckpt_dir.name + "/fpdm-fm-m.safetensors")
-    monkeypatch.setenv(ex.CHECKPOINT_DIR_ENV, str(tmp_path))
-    assert ex.checkpoint_dir() == tmp_path and ex.checkpoint_dir("/x") == Path("/x")
+    config, headline = ab.Settings().sampler_config(), ab.SAMPLER_DEFAULTS
+    for key in ("cfg_scale", "spacing", "method", "eta", "reuse", "solver", "cfg_channels"):  # the kit's headline
+        assert getattr(config, key) == getattr(headline, key), key
+    assert config.precision == "auto"
+    names = ab.list_checkpoints(ckpt_dir)
+    assert ab.CLASSIFIER_FILE not in names and "fpdm-fm-m.safetensors" in names
+    with pytest.raises(ab.ExploreError):
+        ab.resolve_checkpoint("fpdm", ckpt_dir, "../" + ckpt_dir.name + "/fpdm-fm-m.safetensors")
+    monkeypatch.setenv(ab.CHECKPOINT_DIR_ENV, str(tmp_path))
+    assert ab.checkpoint_dir() == tmp_path and ab.checkpoint_dir("/x") == Path("/x")
     fpdm_dd, dit_dd, md = main.refresh(str(ckpt_dir), "cpu")
     assert fpdm_dd.value == "fpdm-fm-m.safetensors" and dit_dd.value == "dit-fm-m.safetensors"
     assert "hidden 32" in md
 
 
-def test_build_demo_has_the_controls(ckpt_dir):
+def test_build_demo_controls_share_the_back_end_limits(ckpt_dir):
     import gradio as gr
 
-    demo = main.build_demo(ckpt_dir)
+    demo = main.build_demo(ckpt_dir, landscape_file=LANDSCAPE)
     assert isinstance(demo, gr.Blocks)
-    api = [d.get("api_name") for d in demo.config["dependencies"]]
-    assert "generate" in api and "refresh" in api
-    ids = {c.get("props", {}).get("elem_id") for c in demo.config["components"]}
-    assert {"steps", "iterations", "reuse", "generate", "fpdm-images", "dit-images", "residual-plot"} <= ids
-    sliders = [c["props"] for c in demo.config["components"]
-               if c["type"] == "slider" and c["props"].get("elem_id") == "steps"]
-    assert sliders and sliders[0]["step"] == 1 and sliders[0]["precision"] == 0
+    api = {d.get("api_name") for d in demo.config["dependencies"] if d.get("api_visibility", "public") == "public"}
+    assert {"generate", "compare", "refresh"} <= api
+    props = {c.get("props", {}).get("elem_id"): c["props"] for c in demo.config["components"]}
+    assert {"steps", "iterations", "reuse", "generate", "fpdm-images", "dit-images", "residual-plot", "landscape-plot",
+            "fpdm-strip", "dit-strip", "compare-button", "compare-a", "compare-b", "metric"} <= set(props)
+    for elem_id, key in (("steps", "steps"), ("iterations", "iterations"), ("num-images", "num_images"),
+                         ("cfg-scale", "cfg_scale"), ("damping", "damping"), ("budget", "budget"), ("seed", "seed")):
+        lim = ab.LIMITS[key]
+        assert (props[elem_id]["minimum"], props[elem_id]["maximum"]) == (lim.lo, lim.hi), elem_id
+    assert props["steps"]["step"] == 1 and props["steps"]["precision"] == 0
+    assert [c[1] for c in props["metric"]["choices"]] == ["accuracy", "fcd"]
+
+
+# ----------------------------------------------------------------------------- the landscape
+@pytest.fixture(scope="module")
+def landscape():
+    return ab.load_landscape(LANDSCAPE)
+
+
+def test_landscape_pure_functions(landscape):
+    grid, note = ab.pick_grid(landscape, "ddim", 3.0, True)
+    assert grid["name"] == "ddim-g3-reuse" and note == ""
+    other, note = ab.pick_grid(landscape, "ddpm", 3.0, True)
+    assert other["name"] == "ddim-g3-reuse" and "No grid was measured for ddpm" in note
+    assert ab.pick_grid(landscape, "ddim", 3.0, False)[0]["name"] == "ddim-g3-noreuse"
+    cell = ab.find_cell(grid, 10, 3)
+    assert cell["block_evals"] == 10 * (1 + 3 + 1) and ab.find_cell(grid, 20, 6) is None  # a missing cell
+    assert ab.iso_budget_iterations(50, 10, landscape.explicit_blocks) == 3
+    assert ab.iso_budget_iterations(50, 5, 2) == 8
+    within = [c for c in grid["cells"] if c["block_evals"] <= 50]
+    best = ab.best_split(grid, 50, "accuracy", True)
+    assert best["block_evals"] <= 50
+    assert best["metrics"]["accuracy"]["value"] == max(c["metrics"]["accuracy"]["value"] for c in within)
+    best_fcd = ab.best_split(grid, 50, "fcd", False)  # lower is better; the null value at (2, 1) is skipped
+    assert best_fcd["metrics"]["fcd"]["value"] == min(c["metrics"]["fcd"]["value"] for c in within
+                                                      if c["metrics"]["fcd"]["value"] is not None)
+    assert ab.best_split(grid, 3, "accuracy", True) is None  # below the cheapest cell (2 x (1 + 1 + 1) = 6)
+    dit = ab.dit_at_budget(landscape, 50, "ddim", 3.0, "accuracy")
+    assert (dit["steps"], dit["block_evals"]) == (6, 48)
+    assert ab.dit_at_budget(landscape, 7, "ddim", 3.0, "accuracy") is None
+    assert ab.current_split(landscape, replace(ab.Settings(), steps=10, iterations=3)) == (10, 3.0, 50)
+    steps, its, budget = ab.current_split(landscape, replace(ab.Settings(), budget_mode=ab.MODE_BUDGET, budget=50))
+    assert budget == 50 and steps * (its + 2) == pytest.approx(50) and its >= 2
+
+
+def test_landscape_answer_to_ten_steps_by_three(landscape):
+    fig, text = ab.landscape_for_ui(landscape, "", "accuracy", budget_mode=ab.MODE_STEPS, steps=10, iterations=3,
+                                    budget=None, reuse=True, method="ddim", cfg_scale=3.0)
+    assert "**Your split:** 10 steps x 3 iterations per step = 50 block evaluations" in text
+    assert "Measured class accuracy (kit classifier) here: 0.837 (95% CI 0.817-0.857)" in text
+    assert "**Best measured split within 50:**" in text and "**DiT at this budget:** 6 steps (48" in text
+    names = [t.name for t in fig.data]
+    assert names == [None, "budget 50", "best measured", "your split"]
+    line = fig.data[1]
+    assert len(line.x) > 10 and all(np.diff(line.y) <= 1e-9), "the iso-budget line falls as steps rise"
+    assert "DiT at 50 block evaluations (6 steps)" in fig.layout.title.text
+    hover = fig.data[0].text[2][2]  # iterations 3 (row 2), steps 10 (column 2)
+    assert hover.startswith("10 steps x 3 iterations = 50 block evaluations") and "95% CI" in hover
+
+
+def test_landscape_marker_follows_the_sliders(landscape):
+    def marker(**kw):
+        fig, _ = ab.landscape_for_ui(landscape, "", "fcd", **{**dict(budget_mode=ab.MODE_STEPS, steps=10, iterations=3,
+                                                                     budget=50, reuse=True, method="ddim",
+                                                                     cfg_scale=3.0), **kw})
+        return fig.data[-1].x[0], fig.data[-1].y[0]
+
+    assert marker() == (2.0, 2.0)  # steps 10 is the third column, iterations 3 the third row
+    assert marker(steps=5) == (1.0, 2.0) and marker(iterations=6) == (2.0, 3.0)
+    x, y = marker(steps=7)  # between measured columns: log-interpolated
+    assert 1 < x < 2 and y == 2.0
+    fig, text = ab.landscape_for_ui(landscape, "", "fcd", budget_mode=ab.MODE_STEPS, steps=None, iterations=3,
+                                    budget=50, reuse=True, method="ddim", cfg_scale=3.0)
+    assert "**Cannot place your split:** sampling steps is empty" in text and len(fig.data) == 1
+
+
+def test_landscape_missing_or_malformed(tmp_path):
+    ls, problem = ab.landscape_or_problem(tmp_path / "landscape.json")
+    assert ls is None and ab.LANDSCAPE_COMMAND in problem and str(tmp_path) not in problem
+    fig, text = main.landscape(str(tmp_path / "landscape.json"), "accuracy", ab.MODE_STEPS, 10, 3, 50, True, "ddim", 3.0)
+    assert fig is None and "python -m fpdm_core.bench landscape --quick" in text
+    bad = tmp_path / "bad.json"
+    for content in ("{not json", json.dumps({"results": {"metrics": {}}}), json.dumps({"results": []})):
+        bad.write_text(content)
+        ls, problem = ab.landscape_or_problem(bad)
+        assert ls is None and "Cannot show the quality landscape" in problem and ab.LANDSCAPE_COMMAND in problem
+
+
+# ----------------------------------------------------------------------------- fuzz: bad values, one field each
+NUMERIC = {"steps", "iterations", "budget", "num_images", "seed", "cfg_scale", "tol", "damping"}
+CHOICES = {"budget_mode": ab.BUDGET_MODES, "allocation": ab.ALLOCATIONS, "solver": ("picard", "anderson", "Picard"),
+           "method": ab.METHODS, "weights": ab.WEIGHTS, "class_choice": main.CLASS_CHOICES}
+junk = st.one_of(st.text(max_size=12), st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3),
+                 st.integers(), max_size=1), st.booleans())
+
+
+def bad_value(field: str):
+    if field in NUMERIC:
+        lim = ab.LIMITS[field]
+        numbers = st.one_of(st.sampled_from([math.nan, math.inf, -math.inf, lim.lo - 1, lim.hi + 1, 10**30]),
+                            st.floats(allow_nan=False, allow_infinity=False).filter(lambda v: not lim.lo <= v <= lim.hi))
+        if lim.integer:
+            numbers = st.one_of(numbers, st.sampled_from([lim.lo + 0.5, 1.5]))
+        none = st.nothing() if field == "tol" else st.none()  # a cleared tolerance means 0
+        return st.one_of(numbers, junk, none)
+    if field in CHOICES:
+        return st.one_of(junk, st.none(), st.integers()).filter(lambda v: v not in CHOICES[field])
+    if field == "reuse":
+        return st.one_of(st.text(max_size=5), st.none(), st.floats(), st.integers().filter(lambda v: v not in (0, 1)))
+    return st.one_of(st.text(max_size=30).filter(lambda v: v not in ("", *ab.DEFAULT_NAMES.values())),
+                     st.integers(), st.lists(st.text(max_size=3), max_size=2))  # fpdm_choice / dit_choice
+
+
+FIELDS = sorted(NUMERIC | set(CHOICES) | {"reuse", "fpdm_choice", "dit_choice"})
+MODES = {ab.MODE_STEPS: dict(steps=2, iterations=2), ab.MODE_BUDGET_STEPS: dict(steps=2, budget=8),
+         ab.MODE_BUDGET: dict(budget=8)}
+
+
+@st.composite
+def bad_request(draw):
+    """One field bad (of any type), on a valid base request in any budget mode: (field, request)."""
+    mode = draw(st.sampled_from(list(MODES)))
+    field = draw(st.sampled_from(FIELDS))
+    request = {**API, "num_images": 2, "budget_mode": mode, **MODES[mode], field: draw(bad_value(field))}
+    return field, request
+
+
+def expect_answer(field: str, request: dict, status: str, dit_note: str) -> None:
+    """Blocked with the field's name, or (an unused control, a bad DiT choice) done anyway."""
+    assert "unexpected" not in status and status.strip() not in ("Error", "**Cannot run:**"), status
+    used = replace(ab.Settings(), budget_mode=request["budget_mode"] if request["budget_mode"] in ab.BUDGET_MODES
+                   else ab.MODE_STEPS).used_fields() + ("damping",)
+    if field in NUMERIC and field not in used:
+        assert status.startswith("**Done:**"), (field, request[field], status)
+    elif field == "dit_choice":
+        assert status.startswith("**Done:**") and "DiT checkpoint" in dit_note, (request[field], status, dit_note)
+    else:
+        assert status.startswith("**Cannot run:**"), (field, request[field], status)
+        assert ab.FIELD_LABELS[field] in status, (field, request[field], status)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(case=bad_request())
+def test_fuzz_bad_requests_through_the_handler(ckpt_dir, case):
+    field, request = case
+    done = [as_arrays(u) for u in main.generate(str(ckpt_dir), "cpu", None, None, **request)][-1]
+    expect_answer(field, request, done["status"], done["dit_note"])
 
 
 # ----------------------------------------------------------------------------- the real server
@@ -222,7 +522,7 @@ def png_array(path) -> np.ndarray:
     return arr[..., 0] if arr.ndim == 3 else arr
 
 
-def test_server_eight_simultaneous_clients(ckpt_dir, tmp_path):
+def test_server_eight_clients_then_fuzzed_api_calls(ckpt_dir, tmp_path):
     from gradio_client import Client
 
     requests = [dict(seed=s, iterations=it, reuse=r, steps=2, num_images=2)
@@ -231,15 +531,16 @@ def test_server_eight_simultaneous_clients(ckpt_dir, tmp_path):
     n_clients = 8
     results: dict[tuple[int, int], tuple] = {}
     errors: list[BaseException] = []
+    names = main.GENERATE_OUTPUTS
 
     # one torch thread, as this process (conftest): the same numbers as the direct calls
-    with launcher.running_app(ckpt_dir, extra_args=["--threads", "1"]) as url:
+    with launcher.running_app(ckpt_dir, extra_args=["--threads", "1", "--landscape", str(LANDSCAPE)]) as url:
         def client_thread(c):
             try:
                 client = Client(url, verbose=False, analytics_enabled=False, download_files=str(tmp_path / f"c{c}"))
                 for j in range(len(requests)):
                     k = (c + j) % len(requests)  # clients ask in different orders
-                    results[c, k] = client.predict(**{**BASE, **requests[k]}, api_name="/generate")
+                    results[c, k] = dict(zip(names, client.predict(**{**API, **requests[k]}, api_name="/generate")))
             except BaseException as e:  # reported below
                 errors.append(e)
 
@@ -250,23 +551,38 @@ def test_server_eight_simultaneous_clients(ckpt_dir, tmp_path):
             t.join(150)
         assert not any(t.is_alive() for t in threads), "clients did not finish in time"
         assert not errors, errors
-        # an invalid request is answered in the page, and the server keeps serving
-        client = Client(url, verbose=False, analytics_enabled=False, download_files=str(tmp_path / "last"))
-        bad = client.predict(**{**BASE, "budget_mode": ex.MODE_BUDGET_STEPS, "steps": 10, "budget": 5}, api_name="/generate")
-        assert bad[5].startswith("**Cannot run:**") and bad[0] is None
-        again = client.predict(**BASE, api_name="/generate")
-        assert again[5].startswith("**Done:**")
+
+        # bad requests over HTTP: each answered in the page with its field's name, none a generic error
+        client = Client(url, verbose=False, analytics_enabled=False, download_files=str(tmp_path / "fuzz"))
+
+        @settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+        @given(case=bad_request())
+        def fuzz(case):
+            field, request = case
+            got = dict(zip(names, client.predict(**request, api_name="/generate")))
+            expect_answer(field, request, got["status"], got["dit_note"])
+
+        fuzz()
+        bad = dict(zip(names, client.predict(**{**API, "budget_mode": ab.MODE_BUDGET_STEPS, "steps": 10, "budget": 5},
+                                             api_name="/generate")))
+        assert bad["status"].startswith("**Cannot run:**") and bad["fpdm_img"] is None
+        again = dict(zip(names, client.predict(**API, api_name="/generate")))
+        assert again["status"].startswith("**Done:**")
+        compared = dict(zip(main.COMPARE_OUTPUTS, client.predict(
+            **{k: v for k, v in API.items() if k != "dit_choice"}, comparison=ab.COMPARE_REUSE,
+            allocation_b="increasing", api_name="/compare")))
+        assert compared["compare_status"].startswith("**Done:** reuse on vs reuse off")
 
     assert len(results) == n_clients * len(requests)
     for (c, k), got in results.items():
         want = expected[k]
-        assert got[5].startswith("**Done:**"), got[5]
-        for i in (0, 1):  # FPDM and DiT grids, lossless PNG
-            img = png_array(got[i])
-            assert img.shape == want[i].shape
-            assert np.abs(img.astype(int) - want[i].astype(int)).max() <= 1, f"client {c}, request {k}, image {i}"
-        assert got[4] == want[4], f"client {c}, request {k}: summary differs"
-        assert got[2]["type"] == "plotly" and "heatmap" in got[2]["plot"]
+        assert got["status"].startswith("**Done:**"), got["status"]
+        for name in ("fpdm_img", "dit_img"):  # FPDM and DiT grids, lossless PNG
+            img = png_array(got[name])
+            assert img.shape == want[name].shape
+            assert np.abs(img.astype(int) - want[name].astype(int)).max() <= 1, f"client {c}, request {k}, {name}"
+        assert got["summary"] == want["summary"], f"client {c}, request {k}: summary differs"
+        assert got["heatmap"]["type"] == "plotly" and "heatmap" in got["heatmap"]["plot"]
     # same settings, different users: each answer has its own image files (no shared, rewritten cache file)
-    paths = [results[c, 0][0] for c in range(n_clients)]
+    paths = [results[c, 0]["fpdm_img"] for c in range(n_clients)]
     assert len({Path(p).parent.name for p in paths}) == n_clients
