@@ -6,6 +6,7 @@ in `run` (and a table in `section`).
 """
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from pathlib import Path
@@ -14,8 +15,10 @@ import numpy as np
 import torch
 
 from ..budget import CostModel
+from ..devices import resolve_precision
 from ..models import build_model
-from .harness import PAPER, Context, finding, log, pyplot, save_figure, spread, sync, timed, write_result
+from .harness import (PAPER, Context, finding, load_checkpoint_model, log, pyplot, save_figure, spread, sync, timed,
+                      write_result)
 
 NAME = "speed"
 TITLE = "Speed"
@@ -62,7 +65,6 @@ def measure_block(ctx: Context, fpdm, dit) -> dict:
 
 def measure_training(ctx: Context, preset: str, peaks: dict) -> dict:
     """Training steps/s of one preset through `train.Trainer` (the mode's batch, `--precision`)."""
-    from ..devices import resolve_precision
     from ..train import TrainConfig, Trainer
 
     sc, dev = ctx.scale, ctx.device
@@ -90,34 +92,117 @@ def measure_training(ctx: Context, preset: str, peaks: dict) -> dict:
             "params": sum(p.numel() for p in trainer.model.parameters())}
 
 
-def measure_sampling(ctx: Context, model, preset: str, dit_depth: int, peaks: dict) -> list[dict]:
-    """Images/s of one model at each of the mode's budgets (DiT-step equivalents), float32, reuse on."""
+SAMPLING_PRECISIONS = ("fp32", "bf16")
+
+
+def measure_sampling(ctx: Context, models: dict, dit_depth: int, peaks: dict) -> tuple[list[dict], list[dict]]:
+    """Images/s of the trained models at each budget (DiT-step equivalents) in fp32 and bf16, side by side.
+
+    Every repeat samples the same images in both precisions, alternating which goes first, so the
+    bf16 speed-up is a ratio within each repeat. Returns (one row per model x budget x precision,
+    one comparison per model x budget: the speed-up and the largest differences of FPDM's per-step
+    final relative residual and of the images).
+    """
     from ..diffusion import GaussianDiffusion
     from ..sampling import SamplerConfig, sample
 
     sc, dev = ctx.scale, ctx.device
     diffusion = GaussianDiffusion().to(dev)
-    labels = torch.arange(sc.sample_batch) % max(model.config.num_classes, 1)
-    sample(model, diffusion, labels[:2], SamplerConfig(budget=dit_depth, steps=1),
-           generator=torch.Generator().manual_seed(0), device=dev)  # warm-up
+    rows, comparisons = [], []
+    for kind, model in models.items():
+        labels = torch.arange(sc.sample_batch) % max(model.config.num_classes, 1)
+        for precision in SAMPLING_PRECISIONS:  # warm-up
+            sample(model, diffusion, labels[:2], SamplerConfig(budget=dit_depth, steps=1, precision=precision),
+                   generator=torch.Generator().manual_seed(0), device=dev)
+        for k in sc.speed_budgets:
+            budget = k * dit_depth
+            log(f"speed: sampling {kind} at {k} DiT steps ({budget} block evaluations), fp32 and bf16")
+            secs, out = {p: [] for p in SAMPLING_PRECISIONS}, {}
+            for r in range(ctx.repeats):
+                for p in SAMPLING_PRECISIONS[:: 1 if r % 2 == 0 else -1]:
+                    start = time.perf_counter()
+                    out[p] = sample(model, diffusion, labels, SamplerConfig(budget=budget, steps=k, precision=p),
+                                    generator=torch.Generator().manual_seed(ctx.seed), device=dev)
+                    sync(dev)
+                    secs[p].append(time.perf_counter() - start)
+            for p in SAMPLING_PRECISIONS:
+                record = out[p][1]
+                gflops = spread([record.spent_flops * len(labels) / s / 1e9 for s in secs[p]])
+                rows.append({"kind": kind, "budget_dit_steps": k, "budget": budget, "batch": len(labels),
+                             "precision": p, "block_evals_per_image": record.spent_block_evals,
+                             "gflop_per_image": record.spent_flops / 1e9,
+                             "images_per_s": spread([len(labels) / s for s in secs[p]]), "gflops_per_s": gflops,
+                             "fraction_of_peak": gflops["median"] / peaks[p]})
+            (x32, r32), (x16, r16) = out["fp32"], out["bf16"]
+            res32, res16 = ([s.rel_trace[-1] for s in r.steps if s.rel_trace] for r in (r32, r16))
+            diffs = [abs(a - b) for a, b in zip(res32, res16)]
+            comparisons.append({"kind": kind, "budget_dit_steps": k, "budget": budget, "batch": len(labels),
+                                "bf16_speedup": spread([a / b for a, b in zip(secs["fp32"], secs["bf16"])]),
+                                "residual_fp32": res32, "residual_bf16": res16,
+                                "residual_max_abs_diff": max(diffs) if diffs else None,
+                                "image_max_abs_diff": float((x32 - x16).abs().max()),
+                                "image_mean_abs_diff": float((x32 - x16).abs().mean())})
+    return rows, comparisons
+
+
+def explicit_blocks(model) -> list[torch.nn.Module]:
+    """Every transformer block a sampling step runs: DiT's blocks; FPDM's pre, fixed-point and post blocks."""
+    if model.config.kind == "dit":
+        return list(model.blocks)
+    return [*model.blocks_pre, model.block_fixed_point, *model.blocks_post]
+
+
+def measure_compile(ctx: Context, models: dict, dit_depth: int) -> list[dict]:
+    """torch.compile for sampling (fp32): compile seconds apart, images/s eager vs compiled, side by side.
+
+    A copy of each model gets `Module.compile` on every block (FPDM's projection MLP stays eager)
+    and samples at the middle budget. Inductor builds C++ for minutes on a small CPU, so the tiny
+    mode uses the "aot_eager" backend (no code generation: a smoke test of the path). A backend
+    that fails here is reported in the row, not raised.
+    """
+    from ..diffusion import GaussianDiffusion
+    from ..sampling import SamplerConfig, sample
+
+    sc, dev = ctx.scale, ctx.device
+    backend = "aot_eager" if sc.name == "tiny" else "inductor"
+    k = sc.speed_budgets[len(sc.speed_budgets) // 2]
+    diffusion = GaussianDiffusion().to(dev)
     rows = []
-    for k in sc.speed_budgets:
-        budget = k * dit_depth
-        cfg = SamplerConfig(budget=budget, steps=k, reuse=True)
-        log(f"speed: sampling {model.config.kind} at {k} DiT steps ({budget} block evaluations)")
-        rec = {}
+    for kind, model in models.items():
+        labels = torch.arange(sc.sample_batch) % max(model.config.num_classes, 1)
+        config = SamplerConfig(budget=k * dit_depth, steps=k, precision="fp32")
 
-        def run_once():
-            _, rec["r"] = sample(model, diffusion, labels, cfg, generator=torch.Generator().manual_seed(ctx.seed),
-                                 device=dev)
+        def run(m):
+            images = sample(m, diffusion, labels, config, generator=torch.Generator().manual_seed(ctx.seed), device=dev)[0]
+            sync(dev)
+            return images
 
-        secs = timed(run_once, ctx.repeats, warmup=0, device=dev)
-        flops = rec["r"].spent_flops * len(labels)
-        gflops = spread([flops / s / 1e9 for s in secs])
-        rows.append({"kind": model.config.kind, "preset": preset, "budget_dit_steps": k, "budget": budget,
-                     "batch": len(labels), "precision": "fp32", "block_evals_per_image": rec["r"].spent_block_evals,
-                     "gflop_per_image": rec["r"].spent_flops / 1e9, "images_per_s": spread([len(labels) / s for s in secs]),
-                     "gflops_per_s": gflops, "fraction_of_peak": gflops["median"] / peaks["fp32"]})
+        torch._dynamo.reset()  # blocks of equal shapes would otherwise reuse the previous model's compiled code
+        compiled = copy.deepcopy(model)
+        for block in explicit_blocks(compiled):
+            block.compile(backend=backend)
+        row = {"kind": kind, "backend": backend, "compiled": "every transformer block", "budget_dit_steps": k,
+               "batch": len(labels), "precision": "fp32"}
+        log(f"speed: torch.compile ({backend}) of {kind}'s blocks, sampling at {k} DiT steps")
+        eager_images = run(model)  # warm-up
+        start = time.perf_counter()
+        try:
+            compiled_images = run(compiled)  # compiles
+        except Exception as e:  # noqa: BLE001 - a backend that cannot build here is a result to report
+            rows.append({**row, "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"})
+            continue
+        first_s = time.perf_counter() - start
+        secs = {"eager": [], "compiled": []}
+        for r in range(ctx.repeats):
+            for name in ("eager", "compiled")[:: 1 if r % 2 == 0 else -1]:
+                start = time.perf_counter()
+                run(model if name == "eager" else compiled)
+                secs[name].append(time.perf_counter() - start)
+        rows.append({**row, "compile_s": first_s - statistics.median(secs["compiled"]),
+                     "eager_images_per_s": spread([len(labels) / s for s in secs["eager"]]),
+                     "compiled_images_per_s": spread([len(labels) / s for s in secs["compiled"]]),
+                     "speedup": spread([a / b for a, b in zip(secs["eager"], secs["compiled"])]),
+                     "image_max_abs_diff": float((eager_images - compiled_images).abs().max())})
     return rows
 
 
@@ -135,11 +220,15 @@ def run(ctx: Context) -> Path:
     for preset in (sc.fpdm, sc.dit):
         log(f"speed: training steps/s of {preset}")
         results["train"][preset] = measure_training(ctx, preset, peaks)
-    results["sample"] = [row for model, preset in ((fpdm, sc.fpdm), (dit, sc.dit))
-                         for row in measure_sampling(ctx, model, preset, dit.config.depth, peaks)]
+    trained = {kind: load_checkpoint_model(ctx, kind)[0] for kind in ("fpdm", "dit")}
+    results["sample"], results["precision"] = measure_sampling(ctx, trained, trained["dit"].config.depth, peaks)
+    results["compile"] = measure_compile(ctx, trained, trained["dit"].config.depth)
     plot(ctx, results)
     return write_result(ctx, NAME, {"fpdm": sc.fpdm, "dit": sc.dit, "device": str(dev),
                                     "threads": torch.get_num_threads(), "train_precision": ctx.precision,
+                                    "sampling_models": "the trained --fpdm/--dit checkpoints (EMA), guidance and "
+                                                       "the other sampler settings at their defaults",
+                                    "auto_precision_here": resolve_precision("auto", dev),
                                     "flops": "budget.CostModel (multiply-add = 2 FLOPs; backward = 2x forward)"},
                         results, started)
 
@@ -157,10 +246,11 @@ def plot(ctx: Context, r: dict) -> None:
     axes[0].set_ylabel("training steps / s")
     axes[0].set_title(f"training (batch {ctx.scale.train_batch})", fontsize=9)
     for kind, color in (("fpdm", "#2a7ab9"), ("dit", "#888")):
-        rows = [s for s in r["sample"] if s["kind"] == kind]
-        axes[1].errorbar([s["budget_dit_steps"] for s in rows], [s["images_per_s"]["median"] for s in rows],
-                         yerr=_errbar([s["images_per_s"] for s in rows]), marker="o", color=color, label=kind,
-                         capsize=3)
+        for precision, ls in (("fp32", "-"), ("bf16", ":")):
+            rows = [s for s in r["sample"] if s["kind"] == kind and s["precision"] == precision]
+            axes[1].errorbar([s["budget_dit_steps"] for s in rows], [s["images_per_s"]["median"] for s in rows],
+                             yerr=_errbar([s["images_per_s"] for s in rows]), marker="o", color=color, ls=ls,
+                             label=f"{kind} {precision}", capsize=3)
     axes[1].set_xlabel("budget (DiT-step equivalents)")
     axes[1].set_ylabel("images / s")
     axes[1].set_title("sampling", fontsize=9)
@@ -171,7 +261,8 @@ def plot(ctx: Context, r: dict) -> None:
                 yerr=np.array(_errbar(st)) * 1e3, color=["#888", "#2a7ab9"], capsize=4)
     axes[2].set_ylabel("ms per call")
     axes[2].set_title(f"iteration / block = {b['ratio']:.2f}x (FLOPs {b['flop_ratio']:.2f}x)", fontsize=9)
-    labels = [f"train {n}" for n in names] + [f"sample {s['kind']} k={s['budget_dit_steps']}" for s in r["sample"]]
+    labels = [f"train {n}" for n in names] + [f"sample {s['kind']} k={s['budget_dit_steps']} {s['precision']}"
+                                              for s in r["sample"]]
     values = ([r["train"][n]["gflops_per_s"]["median"] for n in names]
               + [s["gflops_per_s"]["median"] for s in r["sample"]])
     axes[3].barh(labels, values, color="#2a7ab9")
@@ -200,6 +291,16 @@ def verdicts(data: dict) -> list[dict]:
                        f"{dt['steps_per_s']['median']:.2f} (batch {f['batch']}, {f['precision']}; "
                        f"{100 * f['fraction_of_peak']:.0f}% and {100 * dt['fraction_of_peak']:.0f}% of the "
                        f"{f['precision']} matmul peak of {r['matmul'][f['precision']]['peak_gflops']:.0f} GFLOP/s)."))
+    comparisons = r.get("precision", [])
+    if comparisons:
+        speedups = [c["bf16_speedup"]["median"] for c in comparisons]
+        residual = [c["residual_max_abs_diff"] for c in comparisons if c["residual_max_abs_diff"] is not None]
+        auto = data["settings"].get("auto_precision_here", "?")
+        out.append(finding("measured", "bf16 sampling",
+                           f"bf16 autocast samples at {min(speedups):.2f}-{max(speedups):.2f}x the images/s of fp32 "
+                           f"here (medians per model and budget, side by side); FPDM's per-step final relative "
+                           f"residual differs by at most {max(residual, default=float('nan')):.2g}; "
+                           f"precision 'auto' chooses {auto} on this machine."))
     return out
 
 
@@ -222,12 +323,31 @@ def section(data: dict) -> str:
     for name, t in r["train"].items():
         lines.append(f"| {name} | {t['batch']} | {t['precision']} | {_stat(t['steps_per_s'])} | "
                      f"{t['gflops_per_s']['median']:.1f} | {100 * t['fraction_of_peak']:.0f}% |")
-    lines += ["", "| sampling | budget (DiT steps) | block evals/image | GFLOP/image | images/s median (min-max) "
-              "| GFLOP/s | of fp32 peak |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "| sampling | budget (DiT steps) | precision | block evals/image | GFLOP/image | "
+              "images/s median (min-max) | GFLOP/s | of its matmul peak |", "|---|---:|---|---:|---:|---:|---:|---:|"]
     for s in r["sample"]:
-        lines.append(f"| {s['preset']} | {s['budget_dit_steps']} | {s['block_evals_per_image']} | "
+        lines.append(f"| {s['kind']} | {s['budget_dit_steps']} | {s['precision']} | {s['block_evals_per_image']} | "
                      f"{s['gflop_per_image']:.2f} | {_stat(s['images_per_s'])} | {s['gflops_per_s']['median']:.1f} | "
                      f"{100 * s['fraction_of_peak']:.0f}% |")
+    lines += ["", f"bf16 vs fp32 sampling, side by side in each repeat (`auto` resolves to "
+              f"{data['settings'].get('auto_precision_here', '?')} here):", "",
+              "| model | budget (DiT steps) | bf16 speed-up median (min-max) | residual curve max abs diff | "
+              "image mean / max abs diff |", "|---|---:|---:|---:|---:|"]
+    for c in r.get("precision", []):
+        res = "-" if c["residual_max_abs_diff"] is None else f"{c['residual_max_abs_diff']:.2g}"
+        lines.append(f"| {c['kind']} | {c['budget_dit_steps']} | {_stat(c['bf16_speedup'])} | {res} | "
+                     f"{c['image_mean_abs_diff']:.2g} / {c['image_max_abs_diff']:.2g} |")
+    compiled = r.get("compile", [])
+    if compiled:
+        lines += ["", "| torch.compile (sampling, fp32) | backend | compile s | eager images/s | compiled images/s | "
+                  "speed-up |", "|---|---|---:|---:|---:|---:|"]
+        for c in compiled:
+            if "error" in c:
+                lines.append(f"| {c['kind']} | {c['backend']} | failed: {c['error']} | | | |")
+            else:
+                lines.append(f"| {c['kind']} k={c['budget_dit_steps']} | {c['backend']} | {c['compile_s']:.1f} | "
+                             f"{_stat(c['eager_images_per_s'])} | {_stat(c['compiled_images_per_s'])} | "
+                             f"{_stat(c['speedup'])} |")
     return "\n".join(lines)
 
 
