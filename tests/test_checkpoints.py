@@ -243,3 +243,99 @@ def test_checkpoint_holds_no_pickle(good):
     header = json.loads(raw[8: 8 + header_len])
     assert json.loads(header["__metadata__"]["fpdm"])["model"]["kind"] == "fpdm"
     assert b"\x80\x02" not in raw[:2] and not raw.startswith(b"PK")  # neither a pickle nor a torch zip
+
+
+# ----------------------------------------------------------------------------- leftovers of killed saves
+KILLED_SAVE = """
+import sys, torch
+from fpdm_core.checkpoints import atomic_save
+big = {"model.w": torch.zeros(16 * 2**20)}  # 64 MB: each write takes long enough to be caught in the middle
+print("ready", flush=True)
+while True:
+    atomic_save(big, sys.argv[1], {"fpdm": "{}"})
+"""
+
+
+def test_a_killed_save_leaves_a_temp_folder_that_the_next_save_removes(tmp_path, caplog):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(path, model=perturbed(seed=1), meta={"step": 1})
+    before = path.read_bytes()
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # kill while safetensors writes its own temp file inside ours
+            inner = [f for d in tmp_path.glob(".ckpt.safetensors.*.tmp") if d.is_dir() for f in d.glob(".tmp*")]
+            if inner:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        else:
+            pytest.fail("never saw a save in progress")
+    finally:
+        proc.kill()
+        proc.wait()  # a dead but unreaped writer would still count as running
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name != "ckpt.safetensors")
+    assert left and all(name.startswith(".ckpt.safetensors.") and name.endswith(".tmp") for name in left), left
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:  # the previous checkpoint, or one complete save of the killed writer
+        assert path.read_bytes() == before or list(f.keys()) == ["model.w"]
+    assert [p.name for p in ckpt_mod.stale_temp_files(path)] == left
+    with caplog.at_level("WARNING", logger="fpdm_core.checkpoints"):
+        save_checkpoint(path, model=perturbed(seed=2), meta={"step": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.safetensors"]
+    assert load_checkpoint(path).meta["step"] == 2
+    lines = [r.getMessage() for r in caplog.records if "interrupted saves" in r.getMessage()]
+    assert len(lines) == 1 and all(name in lines[0] for name in left)
+
+
+def test_stale_temp_files_are_told_from_live_and_foreign_ones(tmp_path):
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(path, model=perturbed(), meta={"step": 1})
+    tag = ckpt_mod._writer_tag()
+    live = tmp_path / f".ckpt.safetensors.{tag}.abc123.tmp"  # this process: still writing
+    other_host = tmp_path / ".ckpt.safetensors.another-host-1.abc123.tmp"  # cannot tell: left alone
+    old_style = tmp_path / ".ckpt.safetensors.k2j_3x9a.tmp"  # older versions (no writer tag)
+    theirs = tmp_path / ".tmpAb3dE9"  # safetensors' own temp file of an older version's save
+    unrelated = tmp_path / ".tmpZZZZZZ"  # someone else's temp file: not ours
+    other_target = tmp_path / ".other.safetensors.k2j_3x9a.tmp"
+    for d in (live, other_host):
+        d.mkdir()
+    old_style.write_bytes(b"\x00" * 10)
+    theirs.write_bytes(path.read_bytes()[:200])  # a checkpoint header, cut off mid-write
+    unrelated.write_bytes(b"data")
+    other_target.write_bytes(b"\x00")
+    assert ckpt_mod.stale_temp_files(path) == sorted([old_style, theirs])
+    assert sorted(ckpt_mod.remove_stale_temp_files(path)) == sorted([old_style.name, theirs.name])
+    assert all(p.exists() for p in (live, other_host, unrelated, other_target, path))
+
+
+# ----------------------------------------------------------------------------- resume
+def test_check_resumable_explains_a_weights_only_file(tmp_path, good):
+    with pytest.raises(CheckpointError, match=r"cannot be resumed: it holds no ema, optim, rng, train, optimizer_param_groups") as e:
+        ckpt_mod.check_resumable(good)
+    _assert_readable(e.value, good)
+    model, ema, opt, gen = trained_state()
+    full = tmp_path / "full.safetensors"
+    save_checkpoint(full, model=model, ema=ema, optimizer=opt, rng={"train": gen.get_state()},
+                    meta={"step": 2, "train": {}})
+    ckpt_mod.check_resumable(full)  # nothing missing: no error
+
+
+def test_restore_training_refuses_another_models_weights_in_one_line(tmp_path):
+    model, ema, opt, gen = trained_state()
+    path = tmp_path / "full.safetensors"
+    save_checkpoint(path, model=model, ema=ema, optimizer=opt, rng={"train": gen.get_state()}, meta={"step": 2})
+    other = build_model("FPDM-tiny", input_size=8, hidden_size=16)
+    with pytest.raises(CheckpointError, match=r"model.pos_embed has shape \(1, 4, 32\), this run's model needs "
+                                              r"\(1, 4, 16\)") as e:
+        restore_training(load_checkpoint(path), other, None, None)
+    _assert_readable(e.value, path)
+    deeper = build_model("FPDM-tiny", input_size=8, pre_depth=2)
+    with pytest.raises(CheckpointError, match="other names than this run's model"):
+        restore_training(load_checkpoint(path), deeper, None, None)
