@@ -191,3 +191,26 @@ def sample(model, diffusion, labels, config: SamplerConfig = SamplerConfig(), *,
     for step in sample_progressive(model, diffusion, labels, config, generator=generator, device=device, record=record):
         x = step.x_t
     return x, record
+
+
+def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
+    """(n,) class ids 0, 1, ..., C-1, 0, 1, ... (the null class id 0 for an unconditional model)."""
+    return torch.arange(n) % num_classes if num_classes else torch.zeros(n, dtype=torch.long)
+
+
+def sample_many(model, diffusion, labels, config: SamplerConfig = SamplerConfig(), *, seed: int = 0,
+                batch_size: int = 500, device=None) -> tuple[torch.Tensor, list[SampleRecord]]:
+    """Sample one image per label in batches; images (N, C, H, W) on the CPU and one record per batch.
+
+    Batch b draws from `torch.Generator().manual_seed(seed + b)`: two models given the same labels,
+    seed and batch size start from the same noise, so their images pair up one to one.
+    """
+    labels = torch.as_tensor(labels).reshape(-1)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    images, records = [], []
+    for b, y in enumerate(labels.split(batch_size)):
+        x, record = sample(model, diffusion, y, config, generator=torch.Generator().manual_seed(seed + b), device=device)
+        images.append(x.float().cpu())  # (b, C, H, W)
+        records.append(record)
+    return torch.cat(images), records

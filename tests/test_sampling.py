@@ -216,3 +216,18 @@ def test_null_class_samples_unconditionally(fpdm, diffusion):
 def test_sampler_config_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SamplerConfig(**kwargs)
+
+
+def test_sample_many_pairs_noise_by_seed_and_batch(fpdm, dit, diffusion):
+    from fpdm_core.sampling import balanced_labels, sample_many
+
+    labels = balanced_labels(5, 10)
+    assert labels.tolist() == [0, 1, 2, 3, 4] and balanced_labels(3, 0).tolist() == [0, 0, 0]
+    cfg = SamplerConfig(steps=2, iterations=2)
+    images, records = sample_many(fpdm, diffusion, labels, cfg, seed=3, batch_size=2)
+    assert images.shape == (5, 1, 8, 8) and len(records) == 3
+    first, _ = sample(fpdm, diffusion, labels[:2], cfg, generator=torch.Generator().manual_seed(3))
+    last, _ = sample(fpdm, diffusion, labels[4:], cfg, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(images[:2], first) and torch.equal(images[4:], last)
+    with pytest.raises(ValueError, match="batch_size"):
+        sample_many(dit, diffusion, labels, SamplerConfig(steps=1), batch_size=0)

@@ -22,6 +22,8 @@ ORDER = (
     "params",
     "memory",
     "speed",
+    "landscape",
+    "headline",
     "quality",
     "convergence",
     "ablations",

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "where the device has fast bf16)")
         s.add_argument("--fpdm", default=None, help="FPDM checkpoint (default: the shipped one)")
         s.add_argument("--dit", default=None, help="DiT checkpoint (default: the shipped one)")
+        s.add_argument("--dit-deep", default=None,
+                       help="headline: a deeper DiT baseline (default: checkpoints/dit16-fm-m.safetensors if present)")
         s.add_argument("--classifier", default=None, help="Fashion-MNIST judge (default: metrics.CLASSIFIER_PATH)")
         if name in ("ablations", "all"):
             s.add_argument("--minutes", type=float, default=None,
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(out, scale, a.seed, device, a.precision, a.fpdm and Path(a.fpdm), a.dit and Path(a.dit),
                   a.classifier and Path(a.classifier), getattr(a, "minutes", None),
                   "python -m fpdm_core.bench " + " ".join(argv), jobs=getattr(a, "jobs", 1),
-                  only_paper=getattr(a, "only_paper", False))
+                  only_paper=getattr(a, "only_paper", False), dit_deep_path=a.dit_deep and Path(a.dit_deep))
     names = tuple(BENCHMARKS) if a.command == "all" else (a.command,)
     failed = []
     for name in names:

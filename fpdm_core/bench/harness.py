@@ -104,6 +104,7 @@ class Context:
     command: str
     jobs: int = 1  # ablations: runs trained at once in worker processes
     only_paper: bool = False  # memory: measure only FPDM-XL/2 vs DiT-XL/2 and merge into memory.json
+    dit_deep_path: Path | None = None  # headline: a deeper DiT baseline
 
     @property
     def repeats(self) -> int:

@@ -1,0 +1,205 @@
+"""Headline comparison: DiT vs FPDM at 1-40 DiT-step budgets, DDIM and DDPM, guidance 1 and 3, paired 95% CIs.
+
+Every model at a budget is sampled from the same noise and labels (the report seed set), so each
+difference gets a paired bootstrap interval. FPDM runs twice: with the timestep-smoothing rule
+and with the best split the `landscape` benchmark chose on its disjoint selection seed set (read
+from landscape.json; skipped if that is missing). A deeper DiT (`--dit-deep`, default the shipped
+depth-16 DiT if present) shows whether FPDM's advantage grows with the depth it replaces.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ..checkpoints import load_model
+from ..sampling import SamplerConfig, plan_for
+from .harness import Context, finding, load_checkpoint_model, log, pyplot, result_path, save_figure, write_result
+from .points import Evaluator, metric_info, powered
+
+NAME = "headline"
+TITLE = "FPDM vs DiT under a sampling budget"
+CLAIMS = ["FPDM gives better images than DiT when sampling compute is limited (paper: at the compute of 20 DiT steps)."]
+VERDICT_METRICS = ("accuracy", "fcd", "fd_pixel")  # quality in both feature spaces; P/R/D/C explain why
+SETTINGS = {
+    "full": dict(budgets=(1, 2, 3, 4, 5, 7, 10, 20, 40), conditions=(("ddim", 3.0, 1000), ("ddim", 1.0, 500),
+                                                                      ("ddpm", 3.0, 500), ("ddpm", 1.0, 500)),
+                 n_boot=1000, min_n=500),
+    "quick": dict(budgets=(1, 2, 5, 10), conditions=(("ddim", 3.0, 100), ("ddpm", 1.0, 100)), n_boot=200, min_n=500),
+    "tiny": dict(budgets=(1, 2), conditions=(("ddim", 3.0, 20), ("ddpm", 1.0, 20)), n_boot=20, min_n=500),
+}
+COMPARISONS = (("FPDM, best split", "DiT"), ("FPDM, smoothing rule", "DiT"), ("FPDM, best split", "FPDM, smoothing rule"),
+               ("DiT-16", "DiT"), ("FPDM, best split", "DiT-16"))
+SHIPPED_DEEP = Path(__file__).resolve().parents[2] / "checkpoints" / "dit16-fm-m.safetensors"
+
+
+def _best_splits(ctx: Context) -> dict[int, dict]:
+    """{budget in DiT steps: best split} from landscape.json, else {}."""
+    path = result_path(ctx.out, "landscape")
+    if not path.is_file():
+        log("headline: no landscape.json, so no 'best split' rows (run `python -m fpdm_core.bench landscape` first)")
+        return {}
+    return {b["budget_dit_steps"]: b["best"] for b in json.loads(path.read_text())["results"]["best"] if b["best"]}
+
+
+def _models(ctx: Context) -> dict:
+    fpdm, fpdm_path = load_checkpoint_model(ctx, "fpdm")
+    dit, dit_path = load_checkpoint_model(ctx, "dit")
+    models = {"fpdm": (fpdm, fpdm_path), "dit": (dit, dit_path)}
+    deep = ctx.dit_deep_path or (SHIPPED_DEEP if SHIPPED_DEEP.is_file() else None)
+    if deep is not None:
+        models["dit_deep"] = (load_model(deep, device=ctx.device), deep)
+    return models
+
+
+def variants(models: dict, best: dict, budget_steps: int, depth: int, fields: dict) -> list[tuple[str, object, SamplerConfig]]:
+    """(name, model, config) of every model at one budget (block evaluations = budget_steps x DiT depth)."""
+    budget = budget_steps * depth
+    out = [("DiT", models["dit"][0], SamplerConfig(steps=budget_steps, **fields)),
+           ("FPDM, smoothing rule", models["fpdm"][0], SamplerConfig(budget=budget, **fields))]
+    if budget_steps in best:
+        b = best[budget_steps]
+        its = b["iterations"] if isinstance(b["iterations"], int) else None
+        cfg = (SamplerConfig(steps=b["steps"], iterations=its, **fields) if its is not None
+               else SamplerConfig(budget=budget, steps=b["steps"], **fields))
+        out.append(("FPDM, best split", models["fpdm"][0], cfg))
+    if "dit_deep" in models:
+        deep = models["dit_deep"][0]
+        out.append(("DiT-16", deep, SamplerConfig(steps=max(budget // deep.config.depth, 1), **fields)))
+    return out
+
+
+def run(ctx: Context) -> Path:
+    started, st = time.perf_counter(), SETTINGS[ctx.scale.name]
+    models = _models(ctx)
+    best = _best_splits(ctx)
+    ev = Evaluator(ctx, st["n_boot"])
+    depth = models["dit"][0].config.depth
+    rows, comparisons = [], []
+    for method, cfg_scale, n in st["conditions"]:
+        fields = dict(method=method, cfg_scale=cfg_scale)
+        for b in st["budgets"]:
+            scored = {}
+            for name, model, cfg in variants(models, best, b, depth, fields):
+                plan = plan_for(model, cfg)
+                if plan.budget > b * depth or (name == "DiT-16" and b * depth < model.config.depth):
+                    rows.append({"variant": name, "method": method, "cfg_scale": cfg_scale, "budget_dit_steps": b,
+                                 "skipped": f"one step of {name} costs more than {b * depth} block evaluations"})
+                    continue
+                log(f"headline {method} g{cfg_scale}: {name} at {b} DiT steps ({plan.steps} steps), n={n}")
+                scored[name], row = ev.measure(model, cfg, n, ctx.seed)
+                rows.append({"variant": name, "method": method, "cfg_scale": cfg_scale, "budget_dit_steps": b,
+                             "budget": b * depth, **row})
+            here = {r["variant"]: r for r in rows if r["method"] == method and r["cfg_scale"] == cfg_scale
+                    and r["budget_dit_steps"] == b and "skipped" not in r}
+            for a, base in COMPARISONS:
+                if a in scored and base in scored:
+                    comparisons.append({"a": a, "b": base, "method": method, "cfg_scale": cfg_scale,
+                                        "budget_dit_steps": b, "n": n,
+                                        "powered": powered(here[a], here[base], min_n=st["min_n"]),
+                                        "diff": ev.compare(scored[a], scored[base], ctx.seed)})
+    results = {"metrics": metric_info(), "rows": rows, "comparisons": comparisons, "dit_depth": depth,
+               "models": {k: str(v[1]) for k, v in models.items()}, "best_splits_from": "landscape.json" if best else None}
+    plot(ctx, results, st)
+    settings = {**st, "seed_set": "report", "seed": ctx.seed, "sampler": SamplerConfig().to_dict(),
+                "verdict_metrics": list(VERDICT_METRICS)}
+    return write_result(ctx, NAME, settings, results, started)
+
+
+def plot(ctx: Context, r: dict, st: dict) -> None:
+    plt = pyplot()
+    conds = st["conditions"]
+    fig, axes = plt.subplots(len(VERDICT_METRICS), len(conds), figsize=(4.6 * len(conds), 3.4 * len(VERDICT_METRICS)),
+                             squeeze=False)
+    colors = {"DiT": "k", "DiT-16": "0.55", "FPDM, smoothing rule": "C0", "FPDM, best split": "C3"}
+    for j, (method, cfg_scale, n) in enumerate(conds):
+        for i, metric in enumerate(VERDICT_METRICS):
+            ax = axes[i, j]
+            for v, color in colors.items():
+                rs = [x for x in r["rows"] if x["variant"] == v and x["method"] == method
+                      and x["cfg_scale"] == cfg_scale and "skipped" not in x]
+                if not rs:
+                    continue
+                xs = [x["budget_dit_steps"] for x in rs]
+                ms = [x["metrics"][metric] for x in rs]
+                ax.plot(xs, [m["value"] for m in ms], marker="o", ms=3, color=color, label=v)
+                ax.fill_between(xs, [m["lo"] for m in ms], [m["hi"] for m in ms], color=color, alpha=0.15)
+            ax.set_xscale("log")
+            ax.set_xticks(list(st["budgets"]), [str(b) for b in st["budgets"]])
+            ax.minorticks_off()
+            if i == 0:
+                ax.set_title(f"{method.upper()}, guidance {cfg_scale:g}, n = {n}", fontsize=10)
+            if j == 0:
+                ax.set_ylabel(r["metrics"][metric]["label"], fontsize=8)
+            if i == len(VERDICT_METRICS) - 1:
+                ax.set_xlabel("budget (DiT-step equivalents)")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(ctx, NAME, fig)
+
+
+def judge(c: dict, metrics: dict) -> dict[str, str]:
+    """stats.verdict of `a better than b` on each verdict metric."""
+    from ..stats import verdict
+
+    return {m: verdict(c["diff"][m]["lo"], c["diff"][m]["hi"], higher_is_better=metrics[m]["higher_is_better"],
+                       powered=c["powered"]) for m in VERDICT_METRICS}
+
+
+def overall(per_metric: dict[str, str]) -> str:
+    """One verdict when every metric agrees; 'inconclusive' when the feature spaces disagree."""
+    found = set(per_metric.values())
+    return found.pop() if len(found) == 1 else "inconclusive"
+
+
+def verdicts(data: dict) -> list[dict]:
+    r, (method, cfg_scale, _) = data["results"], data["settings"]["conditions"][0]
+    out = []
+    for a in ("FPDM, best split", "FPDM, smoothing rule"):
+        for c in r["comparisons"]:
+            if c["a"] == a and c["b"] == "DiT" and c["method"] == method and c["cfg_scale"] == cfg_scale:
+                per = judge(c, r["metrics"])
+                words = ", ".join(f"{m} {v}" for m, v in per.items())
+                out.append(finding(overall(per), f"{a} beats DiT at {c['budget_dit_steps']} DiT-step budget "
+                                   f"({method.upper()}, guidance {cfg_scale:g})",
+                                   f"n = {c['n']}; per metric: {words}"))
+    return out
+
+
+def section(data: dict) -> str:
+    r = data["results"]
+    lines = [f"Report seed set (seed {data['settings']['seed']}); models: "
+             + ", ".join(f"{k} = `{Path(v).name}`" for k, v in r["models"].items())
+             + f"; best splits from {r['best_splits_from'] or 'nowhere (landscape.json missing)'}.", ""]
+    for method, cfg_scale, n in data["settings"]["conditions"]:
+        lines += [f"### {method.upper()}, guidance {cfg_scale:g}, n = {n}", "",
+                  "| budget | variant | steps | " + " | ".join(r["metrics"][m]["label"] for m in VERDICT_METRICS)
+                  + " | precision | recall |", "|---|---|---|" + "---|" * (len(VERDICT_METRICS) + 2)]
+        for x in r["rows"]:
+            if x["method"] != method or x["cfg_scale"] != cfg_scale:
+                continue
+            if "skipped" in x:
+                lines.append(f"| {x['budget_dit_steps']} | {x['variant']} | skipped: {x['skipped']} |"
+                             + " |" * (len(VERDICT_METRICS) + 2))
+                continue
+            ms = x["metrics"]
+            lines.append(f"| {x['budget_dit_steps']} | {x['variant']} | {x['steps']} | "
+                         + " | ".join(_ci(ms[m]) for m in VERDICT_METRICS)
+                         + f" | {_ci(ms['precision'])} | {_ci(ms['recall'])} |")
+        lines += ["", "| budget | comparison | " + " | ".join(f"{m} diff [95% CI]" for m in VERDICT_METRICS)
+                  + " | verdict |", "|---|---|" + "---|" * (len(VERDICT_METRICS) + 1)]
+        for c in r["comparisons"]:
+            if c["method"] != method or c["cfg_scale"] != cfg_scale:
+                continue
+            per = judge(c, r["metrics"])
+            lines.append(f"| {c['budget_dit_steps']} | {c['a']} - {c['b']} | "
+                         + " | ".join(_ci(c["diff"][m]) for m in VERDICT_METRICS) + f" | {overall(per)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _ci(m: dict) -> str:
+    if m["value"] is None:
+        return "n/a"
+    fmt = ".3f" if abs(m["value"]) < 10 else ".1f"
+    return f"{m['value']:{fmt}} [{m['lo']:{fmt}}, {m['hi']:{fmt}}]"

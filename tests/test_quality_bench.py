@@ -1,0 +1,49 @@
+"""The landscape's choice of splits and the headline's verdicts, on hand-made results (no sampling)."""
+import pytest
+
+from fpdm_core.bench import headline, landscape
+
+
+def m(value, lo=None, hi=None):
+    return {"value": value, "lo": value if lo is None else lo, "hi": value if hi is None else hi}
+
+
+def cell(steps, k, fcd, pre_post=2):
+    return {"steps": steps, "iterations": k, "block_evals": steps * (k + pre_post), "metrics": {"fcd": m(fcd)}}
+
+
+def rule(b, mi, steps, fcd):
+    return {"budget_dit_steps": b, "budget": 8 * b, "min_iterations": mi, "steps": steps, "iterations": [mi] * steps,
+            "block_evals": 8 * b, "metrics": {"fcd": m(fcd)}}
+
+
+def test_best_split_stays_within_the_budget_and_prefers_lower_fcd():
+    cells = [cell(2, 2, 50.0), cell(4, 2, 30.0), cell(1, 6, 40.0), cell(8, 2, 5.0)]  # costs 8, 16, 8, 32
+    rules = [rule(1, 2, 2, 45.0), rule(1, 1, 2, 60.0), {"budget_dit_steps": 2, "min_iterations": 6, "skipped": "x"}]
+    best = landscape.best_splits(cells, rules, budgets=(1, 2), depth=8)
+    b1, b2 = best
+    assert b1["best"]["steps"] == 1 and b1["best"]["iterations"] == 6  # 40 < 45 (rule) < 50; cost 32 is over budget
+    assert b1["rule_default"]["metrics"]["fcd"]["value"] == 45.0
+    assert b2["best"]["steps"] == 4 and b2["best"]["source"] == "grid" and b2["rule_default"] is None
+
+
+def test_best_min_iterations_by_mean_rank():
+    rules = [rule(1, 1, 4, 50.0), rule(1, 2, 2, 40.0), rule(2, 1, 8, 20.0), rule(2, 2, 4, 25.0), rule(3, 2, 6, 10.0)]
+    got = landscape.best_min_iterations(rules, (1, 2))
+    assert got["mean_rank"] == {1: 0.5, 2: 0.5} and got["best"] == 1  # ties go to the smaller value
+    assert landscape.best_min_iterations([], (1, 2))["best"] is None
+
+
+@pytest.mark.parametrize("diffs, powered, expected", [
+    ({"accuracy": m(0.05, 0.02, 0.08), "fcd": m(-10, -15, -5), "fd_pixel": m(-1, -2, -0.5)}, True, "reproduced"),
+    ({"accuracy": m(-0.05, -0.08, -0.02), "fcd": m(10, 5, 15), "fd_pixel": m(1, 0.5, 2)}, True, "not reproduced"),
+    ({"accuracy": m(0.05, 0.02, 0.08), "fcd": m(10, 5, 15), "fd_pixel": m(-1, -2, -0.5)}, True, "inconclusive"),
+    ({"accuracy": m(0.01, -0.02, 0.04), "fcd": m(-1, -3, 1), "fd_pixel": m(0.1, -0.1, 0.3)}, True, "inconclusive"),
+    ({"accuracy": m(-0.05, -0.08, -0.02), "fcd": m(10, 5, 15), "fd_pixel": m(1, 0.5, 2)}, False,
+     "inconclusive (underpowered)"),
+])
+def test_headline_verdict_needs_every_feature_space_to_agree(diffs, powered, expected):
+    from fpdm_core.scores import METRICS
+
+    per = headline.judge({"diff": diffs, "powered": powered}, METRICS)
+    assert headline.overall(per) == expected
