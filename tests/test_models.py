@@ -426,3 +426,25 @@ def test_bf16_picard_equals_solving_inside_autocast_bit_for_bit():
         enc = model.encode(x, t, y)
         z, _ = solve(lambda z: model.fixed_point_map(z, enc.inj, enc.c_fp), enc.x_pre, max_iter=3)
         assert torch.equal(out, model.decode(z, enc.c_io))
+
+
+def test_explicit_attention_is_scaled_dot_product_attention():
+    from fpdm_core.models import explicit_attention
+
+    q, k, v = torch.randn(3, 2, 4, 9, 8, dtype=torch.float64).unbind(0)  # (B, H, N, d) each
+    torch.testing.assert_close(explicit_attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+
+
+def test_cpu_bf16_autocast_takes_the_explicit_attention_and_float32_the_fused_kernel(monkeypatch):
+    import fpdm_core.models as models
+
+    calls = []
+    monkeypatch.setattr(models, "explicit_attention", lambda q, k, v: calls.append(q.dtype) or
+                        F.scaled_dot_product_attention(q, k, v))
+    attn, x = models.Attention(16, 2), torch.randn(2, 5, 16)
+    ref = attn(x)
+    assert calls == []
+    with torch.autocast("cpu", torch.bfloat16):
+        out = attn(x)
+    assert calls == [torch.bfloat16]
+    torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.02)  # bf16 rounding
