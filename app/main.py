@@ -312,11 +312,11 @@ def build_demo(checkpoint_dir: str | Path | None = None, device: str = "cpu",
                         dit_note = gr.Markdown(elem_id="dit-note")
                 caption = gr.Markdown(elem_id="caption")
                 gr.Markdown(f"**The denoising itself**: the x0 prediction of the first {ab.STRIP_IMAGES} images at "
-                            "every step (left to right), FPDM then DiT.")
-                fpdm_strip = gr.Gallery(label="FPDM: x0 prediction per step", columns=12, height="auto", format="png",
+                            "every step (left to right, one frame per step), FPDM then DiT.")
+                fpdm_strip = gr.Gallery(label="FPDM: x0 prediction per step", columns=10, height=260, format="png",
                                         elem_id="fpdm-strip", elem_classes="pixel-grid", object_fit="contain",
                                         allow_preview=True)
-                dit_strip = gr.Gallery(label="DiT: x0 prediction per step", columns=12, height="auto", format="png",
+                dit_strip = gr.Gallery(label="DiT: x0 prediction per step", columns=10, height=260, format="png",
                                        elem_id="dit-strip", elem_classes="pixel-grid", object_fit="contain",
                                        allow_preview=True)
                 summary = gr.Markdown(elem_id="summary")

@@ -60,7 +60,7 @@ COMPARE_ALLOCATIONS = "two allocations"
 COMPARISONS = (COMPARE_REUSE, COMPARE_ALLOCATIONS)
 
 GRID_SCALE = 4  # nearest-neighbour upscaling of 28 px images for the page
-STRIP_IMAGES = 3  # images per frame of the denoising strip
+STRIP_IMAGES = 4  # images per frame of the denoising strip, 2 x 2 (a square frame)
 STRIP_SCALE = 2
 MAX_UPLOAD_MB = 64  # a checkpoint upload; the shipped files are 5 and 11 MB
 SAMPLER_DEFAULTS = SamplerConfig()  # the kit's headline sampling settings
@@ -439,8 +439,8 @@ def to_grid(images: torch.Tensor, scale: int = GRID_SCALE, columns: int | None =
 
 
 def strip_frame(x0_pred: torch.Tensor) -> np.ndarray:
-    """The first `STRIP_IMAGES` x0 predictions (B, C, H, W) of one step, stacked in a column."""
-    return to_grid(x0_pred[:STRIP_IMAGES].float(), STRIP_SCALE, columns=1)
+    """The first `STRIP_IMAGES` x0 predictions (B, C, H, W) of one step as one square frame."""
+    return to_grid(x0_pred[:STRIP_IMAGES].float(), STRIP_SCALE, columns=math.isqrt(STRIP_IMAGES))
 
 
 def dit_baseline_steps(dit_config: ModelConfig, budget: int) -> int:
@@ -617,6 +617,8 @@ def _nominal_dit() -> ModelConfig:
 
 def progress_text(u: Update) -> str:
     """'FPDM step 3 of 10 (...) · 0.4 s elapsed, about 0.9 s left' from an update."""
+    if u.stage == "done":
+        return f"done in {_seconds(u.elapsed_s)}"
     left = "estimating the time left" if u.left_s is None else f"about {_seconds(u.left_s)} left"
     return f"{u.message} · {_seconds(u.elapsed_s)} elapsed, {left}"
 
