@@ -53,7 +53,7 @@ def worst_case_draw(cfg) -> tuple[int, int]:
 def run_specs(ctx: Context, classifier_path: Path | None) -> list[dict]:
     """One spec per variant x seed: everything a worker process needs (plain data, picklable)."""
     sc = ctx.scale
-    threads = torch.get_num_threads() if ctx.device.type != "cpu" else max(1, torch.get_num_threads() // ctx.jobs)
+    threads = max(1, torch.get_num_threads() // ctx.jobs)  # the CPU threads shared out among the workers
     return [{"variant": name, "seed": ctx.seed + s, "eval_seed": ctx.seed, "model": sc.abl_model,
              "model_overrides": over, "train": train, "steps": sc.abl_steps,
              "minutes": ctx.minutes if ctx.minutes is not None else sc.abl_minutes, "batch": sc.abl_batch,
@@ -103,6 +103,17 @@ def train_and_score(spec: dict) -> dict:
     return {"row": row, "correct": scored.correct}
 
 
+def train_all(specs: list[dict], jobs: int) -> list[dict]:
+    """`train_and_score` of every spec, in order: in this process, or in `jobs` spawned worker processes."""
+    if jobs == 1:
+        return [train_and_score(spec) for spec in specs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(train_and_score, specs))
+
+
 def _downsample(losses: list[float]) -> list[list[float]]:
     """[[step, mean loss over the steps since the previous point], ...] with at most LOSS_POINTS points."""
     edges = np.unique(np.linspace(0, len(losses), LOSS_POINTS + 1).astype(int))
@@ -119,7 +130,8 @@ def compare(runs: dict[tuple[str, int], dict], better: str, other: str, seeds: l
     per_seed = [float(runs[better, s]["correct"].mean() - runs[other, s]["correct"].mean()) for s in seeds]
     accuracies = [runs[v, s]["row"]["accuracy"] for v in (better, other) for s in seeds]
     return {"metric": "accuracy", "diff": diff, "ci": [lo, hi], "n": len(a), "per_seed_diff": per_seed,
-            "min_accuracy": min(accuracies)}
+            "min_accuracy": min(accuracies), "steps": {v: [runs[v, s]["row"]["steps"] for s in seeds]
+                                                       for v in (better, other)}}
 
 
 def run(ctx: Context) -> Path:
@@ -127,14 +139,7 @@ def run(ctx: Context) -> Path:
     specs = run_specs(ctx, ctx.classifier_path)
     log(f"ablations: {len(specs)} runs ({len(VARIANTS)} variants x {len(sc.abl_seeds)} seeds) of {sc.abl_model}, "
         f"{sc.abl_steps} steps each (cap {specs[0]['minutes']:.2f} min), {ctx.jobs} at a time on {ctx.device}")
-    if ctx.jobs > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(ctx.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            done = list(pool.map(train_and_score, specs))
-    else:
-        done = [train_and_score(spec) for spec in specs]
+    done = train_all(specs, ctx.jobs)
     runs = {(spec["variant"], spec["seed"]): d for spec, d in zip(specs, done)}
     for d in done:
         r = d["row"]
@@ -211,7 +216,8 @@ def judge(c: dict) -> tuple[str, str]:
     signs = {np.sign(d) for d in c["per_seed_diff"]}
     if status in ("reproduced", "not reproduced") and len(signs) > 1:
         return "inconclusive", "the seeds disagree in sign"
-    return status, ""
+    steps = {n for v in c.get("steps", {}).values() for n in v}
+    return status, f"unequal training: {c['steps']} steps (the time cap ended some runs)" if len(steps) > 1 else ""
 
 
 def verdicts(data: dict) -> list[dict]:

@@ -84,13 +84,14 @@ def estimate_step_memory(config: ModelConfig, batch: int, *, n_no_grad: int = 0,
     """Analytic memory of one float32 training step, traced on the meta device (nothing allocated).
 
     weights + grads + 2 AdamW moments = 4 x parameter bytes; activations = the tensors autograd saves.
+    The n_no_grad iterations run without a graph and save nothing, so the trace leaves them out.
     """
     from ..diffusion import GaussianDiffusion
 
     model = _meta_model(config)
     diffusion = GaussianDiffusion().to("meta")
     params = sum(p.numel() for p in model.parameters())
-    saved, _ = saved_tensor_bytes(model, lambda: _training_loss(model, diffusion, batch, n_no_grad=n_no_grad,
+    saved, _ = saved_tensor_bytes(model, lambda: _training_loss(model, diffusion, batch, n_no_grad=0,
                                                                  n_grad=n_grad, recompute=recompute, device="meta"))
     return {"params": params, "weights_grads_adamw_bytes": 16 * params, "activation_bytes": saved,
             "total_bytes": 16 * params + saved}
