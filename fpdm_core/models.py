@@ -186,8 +186,9 @@ class LabelEmbedder(nn.Module):
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v with plain matrix products; (B, H, N, d) each -> (B, H, N, d).
 
-    Used on the CPU under bf16 autocast, where `scaled_dot_product_attention`'s flash kernel took
-    about 5x as long (forward + backward; 49 tokens, head size 48, measured on an AVX512-BF16 CPU).
+    Used for training on the CPU under bf16 autocast, where `scaled_dot_product_attention`'s flash
+    kernel took about 5x as long (forward + backward; 49 tokens, head size 48, measured on an
+    AVX512-BF16 CPU); its forward alone is as fast as this, so sampling keeps it.
     """
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, N, N)
     return scores.softmax(dim=-1) @ v  # (B, H, N, d)
@@ -203,9 +204,9 @@ class Attention(nn.Module):
     def forward(self, x):  # (B, N, D)
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)  # (3, B, H, N, d)
-        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and torch.is_grad_enabled():
             x = explicit_attention(qkv[0], qkv[1], qkv[2])  # (B, H, N, d)
-        else:  # float32 (bit-identical to the authors' code) and GPUs
+        else:  # float32 (bit-identical to the authors' code), sampling, GPUs
             x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, H, N, d)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
