@@ -303,6 +303,7 @@ class Trainer:
 
     def resume(self, path: str | Path) -> float:
         """Restore everything from a checkpoint; return the wall time already spent."""
+        check_resumable(path)  # a weights-only file: one CheckpointError line, not a KeyError
         ckpt = load_checkpoint(path)
         saved = TrainConfig(**{**ckpt.meta["train"], "no_grad_iters": tuple(ckpt.meta["train"]["no_grad_iters"]),
                                "grad_iters": tuple(ckpt.meta["train"]["grad_iters"])})
