@@ -66,11 +66,16 @@ def plot(ctx: Context, r: dict) -> None:
     for name, steps in r["curves"].items():
         kind, n = name.split("-") if name.startswith("DiT") else name.split(" K=")
         color = greys[int(n)] if kind == "DiT" else blues[int(n)]
-        axes[0].step(r["budgets"], steps, where="post", color=color, lw=1.6, ls="-" if kind == "DiT" else "--",
+        shown = [n if n > 0 else np.nan for n in steps]  # no step fits: nothing to draw on a log axis
+        axes[0].step(r["budgets"], shown, where="post", color=color, lw=1.6, ls="-" if kind == "DiT" else "--",
                      label=name)
     axes[0].axvline(560, color="gray", lw=0.6)
     axes[0].set_xscale("log")
-    axes[0].set_yscale("symlog", linthresh=1)
+    axes[0].set_yscale("log")
+    ticks = [1, 2, 5, 10, 20, 50, 100, 200]
+    axes[0].set_yticks(ticks, [str(t) for t in ticks])
+    axes[0].set_xticks([10, 28, 56, 140, 280, 560, 1120], ["10", "28", "56", "140", "280", "560", "1120"])
+    axes[0].minorticks_off()
     axes[0].set_xlabel("budget (block evaluations per image)")
     axes[0].set_ylabel("affordable timesteps")
     axes[0].set_title("timesteps that fit a budget (line: 560 = 20 DiT-XL/2 steps)", fontsize=9)
@@ -81,7 +86,7 @@ def plot(ctx: Context, r: dict) -> None:
         axes[1].bar(x + (i - 1) * 0.27, [q["block_eval_ratio"] for q in rows], 0.27, color=blues[k],
                     label=f"K={k}, equal block evaluations")
         axes[1].scatter(x + (i - 1) * 0.27, [q["flop_ratio"] for q in rows], color="k", marker="_", s=200,
-                        label="equal FLOPs" if i == 0 else None, zorder=3)
+                        label="equal FLOPs (FM-M width)" if i == 0 else None, zorder=3)
     axes[1].axhline(1, color="k", lw=0.8, ls=":")
     axes[1].set_xticks(x, [f"DiT depth {d}" for d in DIT_DEPTHS])
     axes[1].set_ylabel("FPDM timesteps / DiT timesteps")

@@ -116,11 +116,13 @@ def plot(ctx: Context, rows: list[dict], reference: dict) -> None:
         style = dict(marker="o", color="k" if v == "DiT" else cmap(i % 10), lw=2.2 if v in ("DiT", HEADLINE) else 1,
                      ls="-" if v in ("DiT", HEADLINE) or "both" not in v else ":", label=v)
         axes[0].plot([r["budget_dit_steps"] for r in rs], [r["fcd"] for r in rs], **style)
-        axes[1].plot([r["budget_dit_steps"] for r in rs], [r["accuracy"] for r in rs], **style)
+        err = [[r["accuracy"] - r["accuracy_ci"][0] for r in rs], [r["accuracy_ci"][1] - r["accuracy"] for r in rs]]
+        axes[1].errorbar([r["budget_dit_steps"] for r in rs], [r["accuracy"] for r in rs], yerr=err, capsize=2,
+                         **style)
         axes[2].plot([r["flops_per_image"] / 1e9 for r in rs], [r["fcd"] for r in rs], **style)
     axes[0].axhline(reference["fcd"], color="gray", ls="--", lw=0.8, label="real images (same n)")
     axes[1].axhline(reference["accuracy"], color="gray", ls="--", lw=0.8, label="real images")
-    for ax, yl in zip(axes, ("FCD (lower is better)", "class accuracy", "FCD")):
+    for ax, yl in zip(axes, ("FCD (lower is better)", "class accuracy (95% CI)", "FCD")):
         ax.set_ylabel(yl)
         ax.set_xscale("log")
     budgets = sorted({r["budget_dit_steps"] for r in rows})
