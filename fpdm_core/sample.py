@@ -126,8 +126,10 @@ def check_plan(plan: dict) -> None:
     """Refuse a plan that gives a step more than MAX_ITERATIONS fixed-point iterations (a budget far too large)."""
     most = max(plan["iterations"], default=0)
     if most > MAX_ITERATIONS:
+        explicit = plan["budget"] - sum(plan["iterations"])  # blocks outside the fixed point, all steps
+        fits = explicit + plan["steps"] * MAX_ITERATIONS
         raise ValueError(f"budget {plan['budget']} plans {most} fixed-point iterations for a step, more than the "
-                         f"limit {MAX_ITERATIONS}: lower --budget or raise --steps")
+                         f"limit {MAX_ITERATIONS}: lower --budget to at most {fits} for {plan['steps']} steps")
 
 
 def run(a: argparse.Namespace, config: SamplerConfig) -> Path:
