@@ -120,7 +120,8 @@ def timestep_smoothing(cost: CostModel, budget: int, min_iterations: int = 2,
         per_step = cost.step_block_evals(min_iterations)
     steps = min(budget // per_step, num_timesteps)
     if steps < 1:
-        raise ValueError(f"budget {budget} is below one step's cost with {min_iterations} iterations ({per_step} block evaluations)")
+        raise ValueError(f"budget {budget} is below one step's cost with {min_iterations} iterations "
+                         f"({per_step} block evaluations)")
     k = budget // steps - cost.explicit_blocks if cost.kind == "fpdm" else 0
     return Split(steps, k, steps * cost.step_block_evals(k))
 

@@ -94,7 +94,8 @@ def _check_writable_folder(folder: Path, what: str) -> None:
 
 
 def check_output_file(path: str | Path, *, force: bool = False, sources: Iterable[str | Path] = ()) -> Path:
-    """Refuse to write `path` over one of `sources` (ever), over an existing file (unless force) or where it cannot be."""
+    """Refuse to write `path` over one of `sources` (ever), over an existing file (unless force), or where it
+    cannot be written."""
     path = Path(path)
     for src in sources:
         src = Path(src)

@@ -132,7 +132,8 @@ def read_torch_file(path: str | Path, *, allow_namespace: bool = False):
     except pickle.UnpicklingError as e:
         raise _pickle_refusal(path, e) from e
     except SafetensorError as e:  # torch.load reads .safetensors files itself (torch >= 2.13)
-        raise InteropError(f"{path} is not a readable safetensors file (truncated or corrupt): {cli.one_line(e)}") from e
+        raise InteropError(f"{path} is not a readable safetensors file (truncated or corrupt): "
+                           f"{cli.one_line(e)}") from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise InteropError(f"{path} is not a readable torch.save file (truncated, corrupt, or another format): "
                            f"{cli.one_line(e)}") from e

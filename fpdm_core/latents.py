@@ -281,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.choices["encode"]
     e.add_argument("--images", required=True, help="image folder: one subfolder per class, or images directly")
     e.add_argument("--out", required=True, help="folder for the latent shards")
-    e.add_argument("--size", type=cli.int_in(1, 8192), default=256, help="resize + centre-crop to SIZE px (latents SIZE/8)")
+    e.add_argument("--size", type=cli.int_in(1, 8192), default=256,
+                   help="resize + centre-crop to SIZE px (latents SIZE/8)")
     e.add_argument("--batch-size", type=cli.int_in(1), default=32)
     e.add_argument("--shard-size", type=cli.int_in(1), default=4096, help="images per shard file")
     e.add_argument("--posterior", default="mean", choices=POSTERIORS)

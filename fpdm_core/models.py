@@ -67,7 +67,8 @@ class ModelConfig:
             object.__setattr__(self, name, float(value))
         for name, hi in LIMITS.items():
             value = getattr(self, name)
-            lo = 0 if name in ("num_classes", "pre_depth", "post_depth") or (name == "depth" and self.kind == "fpdm") else 1
+            optional = name in ("num_classes", "pre_depth", "post_depth") or (name == "depth" and self.kind == "fpdm")
+            lo = 0 if optional else 1
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name} must be an integer, got {value!r}")
             if not lo <= value <= hi:
@@ -84,8 +85,8 @@ class ModelConfig:
         if self.hidden_size % 4:
             raise ValueError(f"hidden_size {self.hidden_size} must be divisible by 4 (2-D sin-cos positions)")
         if self.num_tokens > MAX_TOKENS:
-            raise ValueError(f"(input_size / patch_size)^2 = {self.num_tokens} tokens, more than the limit {MAX_TOKENS}: "
-                             f"use a larger patch_size")
+            raise ValueError(f"(input_size / patch_size)^2 = {self.num_tokens} tokens, more than the limit "
+                             f"{MAX_TOKENS}: use a larger patch_size")
         if self.parameter_count() > MAX_PARAMETERS:
             raise ValueError(f"this config has {self.parameter_count():,} parameters, more than the limit "
                              f"{MAX_PARAMETERS:,}: lower hidden_size, depths, mlp_ratio or num_classes")

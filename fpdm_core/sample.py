@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=cli.int_in(0, cli.MAX_SEED), default=0,
                    help="seed of the torch.Generator that draws all noise (0..2**32-1: torch keeps 32 bits)")
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:N or mps")
-    p.add_argument("--threads", type=cli.threads_type(), default=None, help="torch CPU threads (None = torch's default)")
+    p.add_argument("--threads", type=cli.threads_type(), default=None,
+                   help="torch CPU threads (None = torch's default)")
     p.add_argument("--out-dir", default="runs/samples", help=f"folder for {', '.join(OUTPUTS)}")
     p.add_argument("--force", action="store_true", help="replace outputs already in --out-dir")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

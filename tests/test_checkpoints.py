@@ -317,7 +317,8 @@ def test_stale_temp_files_are_told_from_live_and_foreign_ones(tmp_path):
 
 # ----------------------------------------------------------------------------- resume
 def test_check_resumable_explains_a_weights_only_file(tmp_path, good):
-    with pytest.raises(CheckpointError, match=r"cannot be resumed: it holds no ema, optim, rng, train, optimizer_param_groups") as e:
+    with pytest.raises(CheckpointError, match="cannot be resumed: it holds no ema, optim, rng, train, "
+                                              "optimizer_param_groups") as e:
         ckpt_mod.check_resumable(good)
     _assert_readable(e.value, good)
     model, ema, opt, gen = trained_state()
