@@ -163,6 +163,7 @@ def test_ablations(bench_out):
         assert c["n"] == 40 and len(c["per_seed_diff"]) == 2 and c["ci"][0] <= c["diff"] <= c["ci"][1]
     # 3 training steps: near chance, so every comparison is underpowered (and the report says smoke)
     assert all(ablations.judge(c)[0] == "inconclusive (underpowered)" for c in comps)
+    assert all(c["verdict"] == harness.SMOKE for c in comps)  # the JSON says so too
 
 
 def test_ablation_workers_in_parallel_processes(bench_out, tiny_classifier):

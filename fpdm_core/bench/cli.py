@@ -21,8 +21,8 @@ from .report import write_report
 
 
 def _help(name: str) -> str:
-    """The first paragraph of the benchmark module's docstring, on one line."""
-    return " ".join(BENCHMARKS[name].__doc__.strip().split("\n\n")[0].split())
+    """The first paragraph of the benchmark module's docstring, on one line (% escaped for argparse)."""
+    return " ".join(BENCHMARKS[name].__doc__.strip().split("\n\n")[0].split()).replace("%", "%%")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -104,10 +104,10 @@ def verdicts(data: dict) -> list[dict]:
         c, lo, hi = bootstrap_ci(per_step, stat=np.median)
         status = verdict(lo - 1, hi - 1, higher_is_better=False, powered=n >= MIN_STEPS)
         out.append(finding(status, "the fixed-point map converges",
-                           f"Picard iteration contracts by a median factor of {c:.2f} [{lo:.2f}, {hi:.2f}] per iteration "
-                           f"(95% CI over {n} denoising steps; converges when below 1), to a median residual of "
-                           f"{base['summary']['final_median']:.1e} after {data['settings']['iterations']} iterations: "
-                           f"{status}."))
+                           f"Picard iteration contracts by a median factor of {c:.2f} [{lo:.2f}, {hi:.2f}] per "
+                           f"iteration (95% CI over {n} denoising steps; converges when below 1), to a median "
+                           f"residual of {base['summary']['final_median']:.1e} after "
+                           f"{data['settings']['iterations']} iterations: {status}."))
     first_base, first_reuse = m_base[1:, 0], m_reuse[1:, 0]  # the first step has nothing to reuse
     if len(first_base) >= 2:
         d, lo, hi = paired_diff_ci(first_reuse, first_base)

@@ -72,7 +72,7 @@ SCALES = {
                   train_steps=5, sample_batch=100,
                   budgets=(2, 3, 5, 10, 20, 40), n_images=1000, real_n=10000,
                   conv_batch=64, conv_steps=20, conv_iterations=12,
-                  abl_model="FPDM-FM-S", abl_steps=2500, abl_minutes=2.5, abl_batch=256, abl_seeds=(0, 1),
+                  abl_model="FPDM-FM-S", abl_steps=2000, abl_minutes=2.5, abl_batch=256, abl_seeds=(0, 1),
                   abl_n=500),
     "quick": Scale("quick", repeats=3, **_SHIPPED_SIZE, mem_paper=False, mem_wide=256,
                    train_steps=3, sample_batch=50,

@@ -297,7 +297,8 @@ def measure_setting(ctx: Context, s: dict) -> dict:
             log(f"memory {s['name']} {row['label']}: peak {mib(row.get('peak_bytes'))} {row.get('error', '')}")
     measured = s["measure"] and all("peak_bytes" in r for r in rows)
     return {"name": s["name"], "title": s["title"], "batch": s["batch"], "measured": measured,
-            "mode": ctx.scale.name, "command": ctx.command, "date": machine_info(ctx.device)["date"],
+            "mode": ctx.scale.name, "command": ctx.command, "device": str(ctx.device),
+            "date": machine_info(ctx.device)["date"],
             "elapsed_s": round(time.perf_counter() - started, 1),
             "fpdm": s["fpdm"].to_dict(), "dit": s["dit"].to_dict(), "rows": rows,
             "savings_measured_pct": memory_savings(rows, "peak_bytes") if measured else {},
@@ -429,7 +430,8 @@ def section(data: dict) -> str:
     for s in data["results"]["settings"]:
         how = "measured, a fresh process per row" if s["measured"] else "estimated only"
         if s.get("mode") and s.get("command") and s.get("command") != data["command"]:
-            how += f"; by `{s['command']}` on {s['date']}, {s['elapsed_s']} s"
+            device = s.get("device", data["settings"]["device"])
+            how += f"; by `{s['command']}` on {device}, {s['date']}, {s['elapsed_s']} s"
         out += [f"**{s['title']}** ({how})", "",
                 "| configuration | roles | peak | weights+grads+AdamW | activations | saved tensors | estimate "
                 "| step s |",
