@@ -273,7 +273,7 @@ def denoising_strip(runs: dict[str, list[Frame]], columns: int = 6):
     return fig
 
 
-def save_denoising_gif(runs: dict[str, list[Frame]], path: str | Path, *, scale: int = 3, ms: int = 120) -> Path:
+def save_denoising_gif(runs: dict[str, list[Frame]], path: str | Path, *, scale: int = 2, ms: int = 120) -> Path:
     """A GIF: one frame per step; per run a row [x_t | x0 prediction]; runs with fewer steps hold their last frame."""
     from PIL import Image
 
@@ -324,23 +324,28 @@ def explorer_figure(model: FPDM, diffusion, config: SamplerConfig, *, n_images: 
 
     labels = torch.arange(n_images) % model.config.num_classes
     frames, record = denoising_frames(model, diffusion, labels, config, seed=seed, device=device)
-    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(13, 3.4), gridspec_kw={"width_ratios": [1.1, 1.1, 1.4]})
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(13, 3.4), gridspec_kw={"width_ratios": [1.1, 1.1, 1.2]})
     fig.colorbar(residual_heatmap(record, a1), ax=a1, label="log10 rel. residual")
     a1.set_title("residual per step and iteration", fontsize=9)
     x = np.arange(len(record.steps))
     a2.bar(x, [s.max_iterations for s in record.steps], color="#ddd", label="allowed")
     a2.bar(x, [s.iterations for s in record.steps], width=0.5, color="#2a7ab9", label="used")
-    a2.set_xticks(x[:: max(1, len(x) // 8)], [str(record.steps[i].t) for i in x[:: max(1, len(x) // 8)]], fontsize=7)
+    every = max(1, len(x) // 8)
+    a2.set_xticks(x[::every], [str(record.steps[i].t) for i in x[::every]], fontsize=7)
     a2.set(xlabel="timestep t (sampling order)", ylabel="fixed-point iterations")
     a2.set_title("iterations per timestep", fontsize=9)
-    a2.legend(fontsize=7)
-    a3.imshow(image_grid(frames[-1].x_t, nrow=min(n_images, 10)), cmap="gray")
+    a2.legend(fontsize=7, loc="lower right", framealpha=0.9)
+    for axis in (a1.xaxis, a1.yaxis, a2.yaxis):
+        axis.set_major_locator(MaxNLocator(integer=True))
+    a3.imshow(image_grid(frames[-1].x_t, nrow=math.ceil(n_images / 2) if n_images > 5 else n_images), cmap="gray")
     a3.set_axis_off()
-    a3.set_title(f"samples ({record.plan['rule']})", fontsize=8)
+    a3.set_title("samples", fontsize=9)
     fig.tight_layout()
     finals = [s.rel_trace[-1] for s in record.steps if s.rel_trace]
-    sentence = (f"{record.plan['steps']} steps, {record.spent_block_evals} of {record.plan['budget']} block evaluations "
-                f"per image spent; final relative residual per step: median {np.median(finals):.1e}, "
+    sentence = (f"{record.plan['rule']}: {record.plan['steps']} steps, {record.spent_block_evals} of {record.plan['budget']} "
+                f"block evaluations per image spent; final relative residual per step: median {np.median(finals):.1e}, "
                 f"worst {max(finals):.1e}.")
     return fig, sentence, record
 
