@@ -191,14 +191,15 @@ def store_checked_outputs(executed: Path, committed: Path) -> int:
     import nbformat
 
     run, nb = nbformat.read(executed, as_version=4), nbformat.read(committed, as_version=4)
-    outputs = {c.get("id"): c.outputs for c in run.cells if c.cell_type == "code"}
+    ran = {c.get("id"): c for c in run.cells if c.cell_type == "code"}
     stored = 0
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
-        cell.execution_count = None
-        checked = cell.source.lstrip().startswith(CHECK_MARK)
-        cell.outputs = [o for o in outputs.get(cell.get("id"), []) if o.output_type == "stream"] if checked else []
+        checked = cell.source.lstrip().startswith(CHECK_MARK) and cell.get("id") in ran
+        # nbval compares a cell only if it has an execution count ("unrun" cells must have no outputs)
+        cell.execution_count = ran[cell.get("id")].execution_count if checked else None
+        cell.outputs = [o for o in ran[cell.get("id")].outputs if o.output_type == "stream"] if checked else []
         stored += checked
     nbformat.write(nb, committed)
     return stored
