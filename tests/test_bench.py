@@ -240,6 +240,7 @@ def test_smoke_results_give_no_verdict():
     for mode in harness.SMOKE_MODES:
         found = report.judged(ablations, {**d, "mode": mode})
         assert found[0]["status"] == harness.SMOKE and found[-1]["status"] == "measured"
+        assert "reproduced" not in found[0]["sentence"] and found[0]["sentence"].endswith(".")
 
 
 def test_convergence_verdicts_from_residuals():

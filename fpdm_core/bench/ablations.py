@@ -195,7 +195,7 @@ def plot(ctx: Context, rows: list[dict]) -> None:
     axes[1].axvline(MIN_ACCURACY, color="gray", ls="--", lw=0.8, label=f"powered above {MIN_ACCURACY}")
     axes[1].axvline(0.1, color="k", ls=":", lw=0.8, label="chance")
     axes[1].set_xlabel("class accuracy of samples (95% CI), one point per seed")
-    axes[1].legend(fontsize=7)
+    axes[1].legend(fontsize=7, loc="lower right")
     axes[2].set_xlabel("FCD (lower is better)")
     mem = [max(r["worst_case_memory_bytes"] for r in rows if r["variant"] == v) / MiB for v in variants]
     axes[3].barh(y, mem, color=[cmap(i) for i in range(len(variants))])

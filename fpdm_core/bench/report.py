@@ -31,8 +31,14 @@ def judged(module: ModuleType, data: dict) -> list[dict]:
         found = module.verdicts(data)
     except (KeyError, StopIteration, TypeError, ValueError, ZeroDivisionError, IndexError) as e:
         return [finding("error", module.NAME, f"could not judge {module.NAME}.json: {type(e).__name__}: {e}")]
-    return [{**f, "status": SMOKE} if f["status"] not in ("measured", "error")
-            and f.get("mode", data["mode"]) in SMOKE_MODES else f for f in found]
+    return [_smoke(f) if f["status"] not in ("measured", "error") and f.get("mode", data["mode"]) in SMOKE_MODES
+            else f for f in found]
+
+
+def _smoke(f: dict) -> dict:
+    """A finding without its verdict: the status says smoke, the sentence loses its closing ': <status>.'"""
+    sentence = f["sentence"].removesuffix(f": {f['status']}.")
+    return {**f, "status": SMOKE, "sentence": sentence if sentence.endswith(".") else sentence + "."}
 
 
 def build_report(out: Path, benchmarks: dict[str, ModuleType]) -> str:
