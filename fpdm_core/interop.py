@@ -28,13 +28,14 @@ import pickletools
 import re
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 
 from . import cli
-from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoints import CheckpointError, expected_shapes, load_checkpoint, save_checkpoint
 from .models import DiT, FPDM, LIMITS, ModelConfig, build_model, sincos_pos_embed_2d
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / accelerate, torch.compile
@@ -217,11 +218,11 @@ def infer_config(state: dict[str, torch.Tensor], *, args: dict | None = None, nu
         extra = (" (a continuous label embedder, `y_embedder.embedding_projection`, is not supported)"
                  if "y_embedder.embedding_projection.weight" in state else "")
         raise InteropError(f"not a DiT/FPDM state dict: missing {missing}{extra}")
-    w = state["x_embedder.proj.weight"]  # (D, C, p, p)
-    if w.dim() != 4 or w.shape[2] != w.shape[3]:
-        raise InteropError(f"x_embedder.proj.weight should be (D, C, p, p), got {tuple(w.shape)}")
-    hidden, in_ch, patch = w.shape[0], w.shape[1], w.shape[2]
-    if state["t_embedder.mlp.0.weight"].shape[1] != 256:
+    w = _shape_of(state, "x_embedder.proj.weight", 4)  # (D, C, p, p)
+    if w[2] != w[3]:
+        raise InteropError(f"x_embedder.proj.weight should be (D, C, p, p), got {w}")
+    hidden, in_ch, patch = w[0], w[1], w[2]
+    if _shape_of(state, "t_embedder.mlp.0.weight", 2)[1] != 256:
         raise InteropError(f"timestep frequency size {state['t_embedder.mlp.0.weight'].shape[1]} is not 256")
     if "pos_embed" not in state:
         raise InteropError("the state dict has no pos_embed, so the token grid (input size) is unknown")
@@ -232,7 +233,7 @@ def infer_config(state: dict[str, torch.Tensor], *, args: dict | None = None, nu
     grid = math.isqrt(tokens)
     if grid * grid != tokens:
         raise InteropError(f"pos_embed has {tokens} tokens, not a square grid")
-    out_rows = state["final_layer.linear.weight"].shape[0]
+    out_rows = _shape_of(state, "final_layer.linear.weight", 2)[0]
     if out_rows % (patch * patch):
         raise InteropError(f"final_layer.linear has {out_rows} rows, not a multiple of patch^2 = {patch * patch}")
     out_ch = out_rows // (patch * patch)
@@ -245,10 +246,10 @@ def infer_config(state: dict[str, torch.Tensor], *, args: dict | None = None, nu
     block0 = "block_fixed_point" if fpdm else "blocks.0"
     if f"{block0}.mlp.fc1.weight" not in state:
         raise InteropError(f"no {block0}.mlp.fc1.weight: not a DiT/FPDM state dict (or zero blocks)")
-    mlp_ratio = state[f"{block0}.mlp.fc1.weight"].shape[0] / hidden
+    mlp_ratio = _shape_of(state, f"{block0}.mlp.fc1.weight", 2)[0] / hidden
     common = dict(input_size=grid * patch, in_channels=in_ch, patch_size=patch, hidden_size=hidden,
                   num_heads=_heads(hidden, args, num_heads), mlp_ratio=mlp_ratio,
-                  num_classes=state["y_embedder.embedding_table.weight"].shape[0] - 1,  # last row: the null class
+                  num_classes=_shape_of(state, "y_embedder.embedding_table.weight", 2)[0] - 1,  # last row: null class
                   learn_sigma=has_sigma if learn_sigma is None else learn_sigma)
     if args.get("unsupervised"):
         common["class_dropout"] = 0.0
@@ -266,8 +267,16 @@ def infer_config(state: dict[str, torch.Tensor], *, args: dict | None = None, nu
         raise InteropError(f"timestep_cond_pre_post={timestep_cond_pre_post} contradicts the file's args.{PPTC_ARG}"
                            f"={from_args}; the flag must match how the model was trained")
     return _config(kind="fpdm", pre_depth=len(_indices(state, "blocks_pre")),
-                       post_depth=len(_indices(state, "blocks_post")),
-                       timestep_cond_pre_post=timestep_cond_pre_post, **common)
+                   post_depth=len(_indices(state, "blocks_post")),
+                   timestep_cond_pre_post=timestep_cond_pre_post, **common)
+
+
+def _shape_of(state: dict[str, torch.Tensor], key: str, ndim: int) -> tuple[int, ...]:
+    """The shape of state[key], which must be an `ndim`-D tensor with no empty dimension."""
+    shape = tuple(state[key].shape)
+    if len(shape) != ndim or 0 in shape:
+        raise InteropError(f"{key} should be a {ndim}-D tensor with no empty dimension, got shape {shape}")
+    return shape
 
 
 def _config(**fields) -> ModelConfig:
@@ -276,6 +285,20 @@ def _config(**fields) -> ModelConfig:
         return ModelConfig(**fields)
     except ValueError as e:
         raise InteropError(f"the weights describe a model this kit does not support: {e}") from e
+
+
+def _check_shapes(state: dict[str, torch.Tensor], config: ModelConfig) -> None:
+    """Every tensor the config needs is in `state` with its shape, and nothing else (meta build, no allocation)."""
+    want = expected_shapes(config)
+    missing, extra = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    if missing or extra:
+        raise InteropError(f"the weights do not fit the inferred {config.kind} config {config.to_dict()}: missing "
+                           f"{missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected "
+                           f"{extra[:3]}{'...' if len(extra) > 3 else ''}")
+    bad = next((k for k in want if tuple(state[k].shape) != want[k]), None)
+    if bad is not None:
+        raise InteropError(f"the weights do not fit the inferred {config.kind} config: {bad} has shape "
+                           f"{tuple(state[bad].shape)}, the config needs {want[bad]}")
 
 
 def _sigma_rows(t: torch.Tensor, patch: int, keep: int) -> torch.Tensor:
@@ -296,8 +319,9 @@ def import_state_dict(state: dict[str, torch.Tensor], *, args: dict | None = Non
     state = strip_prefixes(state)
     config = infer_config(state, args=args, num_heads=num_heads, timestep_cond_pre_post=timestep_cond_pre_post,
                           learn_sigma=learn_sigma)
-    state = {k: v.to(dtype, copy=True) if v.is_floating_point() else v.clone() for k, v in state.items()}
     file_out = state["final_layer.linear.weight"].shape[0] // config.patch_size ** 2
+    _check_shapes(state, replace(config, learn_sigma=file_out == 2 * config.in_channels))  # as the file holds it
+    state = {k: v.to(dtype, copy=True) if v.is_floating_point() else v.clone() for k, v in state.items()}
     dropped = file_out != config.out_channels
     if dropped:
         for k in ("final_layer.linear.weight", "final_layer.linear.bias"):
@@ -307,7 +331,8 @@ def import_state_dict(state: dict[str, torch.Tensor], *, args: dict | None = Non
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:
-        raise InteropError(f"the weights do not fit the inferred {config.kind} config {config.to_dict()}: {e}") from e
+        raise InteropError(f"the weights do not fit the inferred {config.kind} config {config.to_dict()}: "
+                           f"{cli.one_line(e)}") from e
     grid = config.input_size // config.patch_size
     ours = torch.from_numpy(sincos_pos_embed_2d(config.hidden_size, grid)).float()
     args = args or {}
