@@ -168,8 +168,9 @@ def compare(folder: str, device: str, fpdm_upload, fpdm_choice, weights, compari
                 continue
             (la, _), (lb, _) = variants
             work = settings.num_images * (u.fpdm_record.spent_block_evals + u.dit_record.spent_block_evals)
-            yield (*images, plot(ab.residual_figure(u.fpdm_record, f"{la}: relative residual")),
-                   plot(ab.residual_figure(u.dit_record, f"{lb}: relative residual")), u.summary,
+            zrange = ab.residual_range(u.fpdm_record, u.dit_record)  # one colour scale for both
+            yield (*images, plot(ab.residual_figure(u.fpdm_record, f"{la}: relative residual", zrange)),
+                   plot(ab.residual_figure(u.dit_record, f"{lb}: relative residual", zrange)), u.summary,
                    _status("done", f"{la} vs {lb}, {ab.plural(len(u.fpdm_record.steps), 'step')} each, "
                                    f"in {u.elapsed_s:.1f} s"), progress_html(u))
     except ab.ExploreError as e:
@@ -312,11 +313,14 @@ def build_demo(checkpoint_dir: str | Path | None = None, device: str = "cpu",
                         dit_note = gr.Markdown(elem_id="dit-note")
                 caption = gr.Markdown(elem_id="caption")
                 gr.Markdown(f"**The denoising itself**: the x0 prediction of the first {ab.STRIP_IMAGES} images at "
-                            "every step (left to right, one frame per step), FPDM then DiT.")
-                fpdm_strip = gr.Gallery(label="FPDM: x0 prediction per step", columns=10, height=260, format="png",
+                            "every step (left to right, one frame per step; K = fixed-point iterations), FPDM then DiT. "
+                            "Click a frame to step through them.")
+                fpdm_strip = gr.Gallery(label="FPDM: x0 prediction per step", columns=10, height=160, format="png",
+                                        fit_columns=False,
                                         elem_id="fpdm-strip", elem_classes="pixel-grid", object_fit="contain",
                                         allow_preview=True)
-                dit_strip = gr.Gallery(label="DiT: x0 prediction per step", columns=10, height=260, format="png",
+                dit_strip = gr.Gallery(label="DiT: x0 prediction per step", columns=10, height=160, format="png",
+                                       fit_columns=False,
                                        elem_id="dit-strip", elem_classes="pixel-grid", object_fit="contain",
                                        allow_preview=True)
                 summary = gr.Markdown(elem_id="summary")

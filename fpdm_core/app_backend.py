@@ -494,8 +494,8 @@ def _sample(model, diffusion, labels, config: SamplerConfig, record: SampleRecor
     try:
         for step in sample_progressive(model, diffusion, labels, config, generator=gen, device=device, record=record):
             n = step.index + 1
-            frames.append((strip_frame(step.x0_pred.cpu()), f"step {n}, t = {step.record.t}"
-                           + (f", {plural(step.record.iterations, 'iteration')}" if who != "DiT" else "")))
+            frames.append((strip_frame(step.x0_pred.cpu()), f"t={step.record.t}"  # K: fixed-point iterations
+                           + (f", K={step.record.iterations}" if who != "DiT" else "")))
             refreshed = n % every == 0 or n == steps
             grid = to_grid((step.x_t if n == steps else step.x0_pred).cpu()) if refreshed else None
             yield (*clock.tick(step.record.flops), step, refreshed, grid, frames)
@@ -631,23 +631,30 @@ def _seconds(s: float) -> str:
 _PLOT_MARGIN = dict(l=60, r=20, t=48, b=44)
 
 
-def residual_figure(record: SampleRecord, title: str = "FPDM relative residual ||f(z) - z|| / ||f(z)||"):
-    """Heatmap of the relative residual, timestep (rows, sampling order) x iteration; colour on a log scale,
-    hover and colour bar in real units."""
+def residual_range(*records: SampleRecord) -> tuple[int, int]:
+    """(lo, hi) decades of log10 relative residual covering every record: one colour scale for side-by-side plots."""
+    z = np.concatenate([np.log10(m[m > 0]) for m in map(residual_matrix, records)])
+    z = z[np.isfinite(z)]
+    return (math.floor(z.min()), max(math.ceil(z.max()), math.floor(z.min()) + 1)) if z.size else (-3, 0)
+
+
+def residual_figure(record: SampleRecord, title: str = "FPDM relative residual ||f(z) - z|| / ||f(z)||",
+                    zrange: tuple[int, int] | None = None):
+    """Heatmap of the relative residual, timestep (rows, sampling order) x iteration; colour on a log scale over
+    `zrange` decades (default: this record's), hover and colour bar in real units."""
     import plotly.graph_objects as go
 
     m = residual_matrix(record)  # (steps, max iterations)
     ts = [s.t for s in record.steps]
     z = np.log10(np.where(m > 0, m, np.nan))
-    finite = z[np.isfinite(z)]
-    lo, hi = (math.floor(finite.min()), math.ceil(finite.max())) if finite.size else (-3, 0)
-    ticks = list(range(lo, hi + 1)) if hi > lo else [lo]
+    lo, hi = zrange or residual_range(record)
+    ticks = list(range(lo, hi + 1))
     custom = np.stack([m, np.repeat(np.array(ts, dtype=float)[:, None], m.shape[1], axis=1)], axis=-1)
     fig = go.Figure(go.Heatmap(
         z=z, x=list(range(1, m.shape[1] + 1)), y=list(range(len(ts))), customdata=custom, colorscale="Viridis",
-        colorbar=dict(title="residual", tickvals=ticks, ticktext=[f"1e{t}" for t in ticks]),
+        zmin=lo, zmax=hi, colorbar=dict(title="residual", tickvals=ticks, ticktext=[f"1e{t}" for t in ticks]),
         hovertemplate="residual %{customdata[0]:.2e} at t = %{customdata[1]}, iteration %{x}<extra></extra>"))
-    fig.update_layout(title=dict(text=title, font_size=14), xaxis_title="fixed-point iteration",
+    fig.update_layout(title=dict(text=title, font_size=14), xaxis=dict(title="fixed-point iteration", dtick=1),
                       yaxis=dict(title="timestep t (sampling order)", autorange="reversed", tickmode="array",
                                  tickvals=list(range(len(ts))), ticktext=[f"t={t}" for t in ts]),
                       margin=_PLOT_MARGIN, height=380)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from fpdm_core import app_backend as ab
 from fpdm_core.checkpoints import load_checkpoint, save_checkpoint
@@ -146,8 +146,8 @@ def test_valid_settings_give_images_figures_strips_and_budget(ckpt_dir):
     assert done["caption"] == "Classes, row by row: T-shirt/top, Trouser, Pullover, Dress"
     for strip, n in ((done["fpdm_strip"], 4), (done["dit_strip"], 4)):  # one frame per step
         assert len(strip) == n and all(f.shape == (62 * 2, 62 * 2) for f, _ in strip)  # 2 x 2 images, 2 px padding
-    assert [c for _, c in done["fpdm_strip"]][:2] == [f"step 1, t = {spaced_timesteps(4)[0]}, 2 iterations",
-                                                      f"step 2, t = {spaced_timesteps(4)[1]}, 2 iterations"]
+    assert [c for _, c in done["fpdm_strip"]] == [f"t={t}, K=2" for t in spaced_timesteps(4)]
+    assert [c for _, c in done["dit_strip"]] == [f"t={t}" for t in spaced_timesteps(4)]
 
 
 def test_progress_estimate_is_measured_and_grids_refresh_at_most_every_update(ckpt_dir):
@@ -229,6 +229,14 @@ def test_seed_range_is_what_the_generator_uses(ckpt_dir):
     assert torch.Generator().manual_seed(2**32).initial_seed() == 2**32  # stored in full ...
     a, b = (torch.randn(3, generator=torch.Generator().manual_seed(s)) for s in (0, 2**32))
     assert torch.equal(a, b)  # ... yet seeds 0 and 2**32 draw the same noise: hence the limit
+
+
+def test_large_requests_give_memory_back(ckpt_dir, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ab, "release_memory", calls.append)
+    final(ckpt_dir)  # 4 images x (16 FPDM + 16 DiT block evaluations)
+    final(ckpt_dir, steps="x")
+    assert calls == [4 * (16 + 16), 0]
 
 
 def test_rejected_request_logs_one_line(ckpt_dir, caplog):
@@ -522,6 +530,20 @@ def png_array(path) -> np.ndarray:
     return arr[..., 0] if arr.ndim == 3 else arr
 
 
+def call_raw(url: str, api: str, data: list) -> list:
+    """POST a request body as Python writes it (NaN, Infinity literals) to gradio's REST API; the final outputs."""
+    import urllib.request
+
+    req = urllib.request.Request(f"{url}gradio_api/call/{api}", data=json.dumps({"data": data}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        event_id = json.load(r)["event_id"]
+    with urllib.request.urlopen(f"{url}gradio_api/call/{api}/{event_id}", timeout=120) as r:
+        events = r.read().decode()
+    assert "event: complete" in events, events[-500:]
+    return json.loads(events.rsplit("event: complete", 1)[1].split("data:", 1)[1].strip().splitlines()[0])
+
+
 def test_server_eight_clients_then_fuzzed_api_calls(ckpt_dir, tmp_path):
     from gradio_client import Client
 
@@ -559,10 +581,15 @@ def test_server_eight_clients_then_fuzzed_api_calls(ckpt_dir, tmp_path):
         @given(case=bad_request())
         def fuzz(case):
             field, request = case
+            assume(all(math.isfinite(v) for v in request.values() if isinstance(v, float)))  # JSON has no NaN
             got = dict(zip(names, client.predict(**request, api_name="/generate")))
             expect_answer(field, request, got["status"], got["dit_note"])
 
         fuzz()
+        for field, value in (("seed", math.nan), ("cfg_scale", math.inf), ("steps", "10")):  # a raw HTTP client can
+            request = {**API, field: value}                                    # send NaN and Infinity literals
+            got = dict(zip(names, call_raw(url, "generate", [request[k] for k in API])))
+            expect_answer(field, request, got["status"], got["dit_note"])
         bad = dict(zip(names, client.predict(**{**API, "budget_mode": ab.MODE_BUDGET_STEPS, "steps": 10, "budget": 5},
                                              api_name="/generate")))
         assert bad["status"].startswith("**Cannot run:**") and bad["fpdm_img"] is None
