@@ -316,19 +316,50 @@ def _train_command(a: argparse.Namespace) -> int:
     return 0
 
 
+def load_samples_npz(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 1, 28, 28) in [-1, 1] and labels (N,) from a `samples.npz` of `python -m fpdm_core.sample`."""
+    try:
+        with np.load(path) as f:
+            images, labels = f["images"], f["labels"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{path}: not a samples file with 'images' (uint8) and 'labels' arrays ({e})") from e
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or images.shape[1:3] != (28, 28) or len(images) != len(labels):
+        raise ValueError(f"{path}: need uint8 images (N, 28, 28) and N labels, got {images.dtype} {images.shape} "
+                         f"and {len(labels)} labels")
+    x = torch.from_numpy(images.reshape(len(images), 1, 28, 28).astype(np.float32)) / 127.5 - 1  # (N, 1, 28, 28)
+    return x, torch.from_numpy(labels.astype(np.int64))
+
+
 def _evaluate_command(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
+    from . import scores  # scores builds on this module; imported here so the dependency stays one-way
     from .checkpoints import load_model
     from .devices import pick_device
     from .diffusion import GaussianDiffusion
     from .sample import sampler_config_from_args
+    from .sampling import balanced_labels, sample_many
 
-    config = sampler_config_from_args(a, p)
     device = pick_device(a.device)
-    model = load_model(a.checkpoint, weights=a.weights, device=device)
     classifier = load_classifier(a.classifier, device=device)
-    result = evaluate(model, GaussianDiffusion().to(device), config, n=a.n, classifier=classifier, seed=a.seed,
-                      batch_size=a.batch_size, device=device, real_n=a.real_n)
-    result["checkpoint"] = str(a.checkpoint)
+    if a.npz:
+        images, labels = load_samples_npz(a.npz)
+        result = {"npz": str(a.npz)}
+    else:
+        config = sampler_config_from_args(a, p)
+        model = load_model(a.checkpoint, weights=a.weights, device=device)
+        labels = balanced_labels(a.n, model.config.num_classes)
+        start = time.perf_counter()
+        images, records = sample_many(model, GaussianDiffusion().to(device), labels, config, seed=a.seed,
+                                      batch_size=a.batch_size, device=device)
+        sizes = [len(y) for y in labels.split(a.batch_size)]
+        result = {"checkpoint": str(a.checkpoint), "sampler": config.to_dict(), "seconds": time.perf_counter() - start,
+                  "block_evals_per_image": sum(r.spent_block_evals * k for r, k in zip(records, sizes)) / a.n,
+                  "flops_per_image": sum(r.spent_flops * k for r, k in zip(records, sizes)) / a.n}
+    ref = scores.build_reference(classifier, n_fd=a.real_n, n_prdc=min(1000, a.real_n), device=device)
+    summary = scores.summarize(scores.score(images.to(device), labels, classifier, ref), ref, n_boot=a.n_boot,
+                               seed=a.seed)
+    diagnostics = summary.pop("diagnostics")
+    result = {"n": len(images), "accuracy": summary["accuracy"]["value"], "fcd": summary["fcd"]["value"], **result,
+              "metrics": summary, "diagnostics": diagnostics, "real_n": a.real_n}
     text = json.dumps(result, indent=2)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
@@ -353,12 +384,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder (None: $FPDM_FASHION_MNIST_DIR or the Debian path)")
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    e = sub.add_parser("evaluate", help="sample from a checkpoint and report accuracy and FCD", formatter_class=fmt)
-    e.add_argument("--checkpoint", required=True, help="FPDM or DiT checkpoint (.safetensors)")
+    e = sub.add_parser("evaluate", help="score samples (a checkpoint's, or a samples.npz) in both feature spaces, "
+                       "with 95%% bootstrap intervals", formatter_class=fmt)
+    source = e.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="FPDM or DiT checkpoint (.safetensors) to sample from")
+    source.add_argument("--npz", help="score an existing samples.npz (from `python -m fpdm_core.sample`) instead")
+    e.add_argument("--n-boot", type=int, default=500, help="bootstrap resamples behind each interval")
     e.add_argument("--weights", default="ema", choices=("ema", "model"), help="which weights of the checkpoint")
     e.add_argument("--classifier", default=str(CLASSIFIER_PATH), help="judge weights")
     e.add_argument("--n", type=int, default=1000, help="images to sample (labels cycle over the classes)")
-    e.add_argument("--batch-size", type=int, default=250, help="images per sampling batch")
+    e.add_argument("--batch-size", type=int, default=500, help="images per sampling batch (part of the noise seeding)")
     e.add_argument("--real-n", type=int, default=10000, help="real test images in the FCD reference")
     add_sampler_args(e)
     e.add_argument("--seed", type=int, default=0, help="batch b uses seed + b")

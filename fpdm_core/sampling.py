@@ -10,7 +10,7 @@ from typing import Iterator, NamedTuple
 
 import torch
 
-from .budget import CostModel, Plan, make_plan
+from .budget import SMOOTHING_MIN_ITERATIONS, CostModel, Plan, make_plan
 from .devices import autocast
 from .diffusion import GaussianDiffusion, spaced_timesteps
 from .models import DiT, FPDM
@@ -27,7 +27,7 @@ class SamplerConfig:
     iterations: int | None = None  # fixed-point iterations per step (FPDM); default 6 without a budget
     budget: int | None = None  # block evaluations per image; with it, `iterations` is not used
     allocation: str = "uniform"  # uniform | increasing | decreasing | adaptive
-    min_iterations: int = 2  # timestep-smoothing rule when only a budget is given
+    min_iterations: int = SMOOTHING_MIN_ITERATIONS  # timestep-smoothing rule when only a budget is given
     reuse: bool = True  # start each step's solve at the previous step's fixed point
     solver: str = "picard"  # picard | anderson
     tol: float | None = None  # stop a step early at this residual (always used by `adaptive`)

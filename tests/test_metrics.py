@@ -174,3 +174,22 @@ def test_train_classifier_cli_on_a_small_copy(tmp_path, test_images):
     meta = classifier_meta(out)
     assert meta["epochs"] == 1 and meta["command"] == "python -m fpdm_core.metrics " + " ".join(argv)
     assert 0 <= meta["test_accuracy"] <= 1 and load_classifier(out).feature_dim == 128
+
+
+@needs_fmnist
+def test_evaluate_scores_an_existing_samples_file(tmp_path, capsys):
+    from fpdm_core.data import load_fashion_mnist, to_uint8
+
+    x, y = load_fashion_mnist("test")
+    npz = tmp_path / "samples.npz"
+    np.savez(npz, images=to_uint8(x[-40:]), labels=y[-40:].numpy())
+    assert metrics.main(["evaluate", "--npz", str(npz), "--real-n", "300", "--n-boot", "20"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 40 and result["npz"] == str(npz) and result["accuracy"] > 0.7
+    m = result["metrics"]
+    assert {"accuracy", "fcd", "fd_pixel", "precision", "recall", "density", "coverage"} <= set(m)
+    assert m["accuracy"]["lo"] <= result["accuracy"] <= m["accuracy"]["hi"]
+    assert len(result["diagnostics"]["per_class_accuracy"]) == 10
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    assert metrics.main(["evaluate", "--npz", str(tmp_path / "junk.npz")]) == 2
+    assert "not a samples file" in capsys.readouterr().err

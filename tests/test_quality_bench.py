@@ -27,10 +27,14 @@ def test_best_split_stays_within_the_budget_and_prefers_lower_fcd():
     assert b2["best"]["steps"] == 4 and b2["best"]["source"] == "grid" and b2["rule_default"] is None
 
 
-def test_best_min_iterations_by_mean_rank():
-    rules = [rule(1, 1, 4, 50.0), rule(1, 2, 2, 40.0), rule(2, 1, 8, 20.0), rule(2, 2, 4, 25.0), rule(3, 2, 6, 10.0)]
+def test_best_min_iterations_by_regret_not_rank():
+    # min_iterations 2 wins twice by a little, 1 wins once by a lot: rank prefers 2, regret prefers 1
+    rules = [rule(1, 1, 4, 10.0), rule(1, 2, 2, 30.0), rule(2, 1, 8, 21.0), rule(2, 2, 4, 20.0),
+             rule(3, 1, 9, 21.0), rule(3, 2, 6, 20.0), rule(4, 2, 6, 5.0)]
     got = landscape.best_min_iterations(rules, (1, 2))
-    assert got["mean_rank"] == {1: 0.5, 2: 0.5} and got["best"] == 1  # ties go to the smaller value
+    assert got["mean_rank"] == {1: 2 / 3, 2: 1 / 3} and got["best_by_rank"] == 2
+    assert got["mean_regret"][2] == pytest.approx(2 / 3) and got["mean_regret"][1] == pytest.approx(0.1 / 3)
+    assert got["best"] == 1
     assert landscape.best_min_iterations([], (1, 2))["best"] is None
 
 
@@ -45,5 +49,32 @@ def test_best_min_iterations_by_mean_rank():
 def test_headline_verdict_needs_every_feature_space_to_agree(diffs, powered, expected):
     from fpdm_core.scores import METRICS
 
-    per = headline.judge({"diff": diffs, "powered": powered}, METRICS)
+    per = headline.judge({"diff": diffs}, METRICS, powered)
     assert headline.overall(per) == expected
+
+
+def test_headline_power_comes_from_n_and_what_each_model_reaches():
+    acc = lambda v: {"accuracy": m(v)}  # noqa: E731
+    rows = [{"variant": "DiT", "method": "ddim", "cfg_scale": 3.0, "metrics": acc(0.27)},
+            {"variant": "DiT", "method": "ddim", "cfg_scale": 3.0, "metrics": acc(0.93)},
+            {"variant": "FPDM, best split", "method": "ddim", "cfg_scale": 3.0, "metrics": acc(0.53)},
+            {"variant": "DiT-16", "method": "ddim", "cfg_scale": 3.0, "metrics": acc(0.2)}]
+    data = {"results": {"rows": rows}, "settings": {"min_n": 500}}
+    c = {"method": "ddim", "cfg_scale": 3.0, "n": 1000, "a": "FPDM, best split", "b": "DiT"}
+    assert headline.is_powered(c, data)  # DiT's poor 1-step samples do not make the comparison underpowered
+    assert not headline.is_powered({**c, "n": 100}, data)
+    assert not headline.is_powered({**c, "b": "DiT-16"}, data)  # a model that never beats 0.3 did not learn
+
+
+def test_smoothing_default_follows_the_committed_landscape():
+    import json
+    from pathlib import Path
+
+    from fpdm_core.budget import SMOOTHING_MIN_ITERATIONS
+    from fpdm_core.sampling import SamplerConfig
+
+    d = json.loads((Path(__file__).parents[1] / "figures" / "bench" / "landscape.json").read_text())
+    if d["mode"] != "full":
+        pytest.skip("the committed landscape is a smoke run: nothing to follow")
+    best = landscape.best_min_iterations(d["results"]["rules"], d["settings"]["rules"])["best"]
+    assert SMOOTHING_MIN_ITERATIONS == SamplerConfig().min_iterations == best

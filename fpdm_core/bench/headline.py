@@ -13,20 +13,22 @@ import time
 from pathlib import Path
 
 from ..checkpoints import load_model
+from ..devices import resolve_precision
 from ..sampling import SamplerConfig, plan_for
 from .harness import Context, finding, load_checkpoint_model, log, pyplot, result_path, save_figure, write_result
-from .points import Evaluator, metric_info, powered
+from .points import MIN_ACCURACY, Evaluator, metric_info
 
 NAME = "headline"
 TITLE = "FPDM vs DiT under a sampling budget"
 CLAIMS = ["FPDM gives better images than DiT when sampling compute is limited (paper: at the compute of 20 DiT steps)."]
 VERDICT_METRICS = ("accuracy", "fcd", "fd_pixel")  # quality in both feature spaces; P/R/D/C explain why
-SETTINGS = {
-    "full": dict(budgets=(1, 2, 3, 4, 5, 7, 10, 20, 40), conditions=(("ddim", 3.0, 1000), ("ddim", 1.0, 500),
-                                                                      ("ddpm", 3.0, 500), ("ddpm", 1.0, 500)),
+ALL_BUDGETS = (1, 2, 3, 4, 5, 7, 10, 20, 40)
+SETTINGS = {  # conditions: (sampler, guidance, n, budgets in DiT steps); the first is the headline setting
+    "full": dict(conditions=(("ddim", 3.0, 1000, ALL_BUDGETS), ("ddpm", 3.0, 500, (1, 2, 3, 5, 10)),
+                             ("ddim", 1.0, 500, (1, 2, 3, 5, 10)), ("ddpm", 1.0, 500, (1, 2, 3, 5, 10))),
                  n_boot=1000, min_n=500),
-    "quick": dict(budgets=(1, 2, 5, 10), conditions=(("ddim", 3.0, 100), ("ddpm", 1.0, 100)), n_boot=200, min_n=500),
-    "tiny": dict(budgets=(1, 2), conditions=(("ddim", 3.0, 20), ("ddpm", 1.0, 20)), n_boot=20, min_n=500),
+    "quick": dict(conditions=(("ddim", 3.0, 100, (1, 2, 5, 10)), ("ddpm", 1.0, 100, (1, 5))), n_boot=200, min_n=500),
+    "tiny": dict(conditions=(("ddim", 3.0, 20, (1, 2)), ("ddpm", 1.0, 20, (1, 2))), n_boot=20, min_n=500),
 }
 COMPARISONS = (("FPDM, best split", "DiT"), ("FPDM, smoothing rule", "DiT"), ("FPDM, best split", "FPDM, smoothing rule"),
                ("DiT-16", "DiT"), ("FPDM, best split", "DiT-16"))
@@ -69,16 +71,39 @@ def variants(models: dict, best: dict, budget_steps: int, depth: int, fields: di
     return out
 
 
+def _resume(ctx: Context) -> dict:
+    """Results of an earlier run of the same mode and seed (conditions already measured are kept), else empty."""
+    path = result_path(ctx.out, NAME)
+    if not path.is_file():
+        return {"rows": [], "comparisons": [], "machines": {}, "done": []}
+    old = json.loads(path.read_text())
+    if old["mode"] != ctx.scale.name or old["settings"].get("seed") != ctx.seed:
+        return {"rows": [], "comparisons": [], "machines": {}, "done": []}
+    done = [list(c) for c in old["settings"]["conditions"]]
+    log(f"headline: keeping {len(done)} measured condition(s) of {path}")
+    return {"rows": old["results"]["rows"], "comparisons": old["results"]["comparisons"],
+            "machines": old["results"].get("machines", {}), "done": done}
+
+
+def condition_key(method: str, cfg_scale: float) -> str:
+    return f"{method}-g{cfg_scale:g}"
+
+
 def run(ctx: Context) -> Path:
+    from .harness import machine_info
+
     started, st = time.perf_counter(), SETTINGS[ctx.scale.name]
     models = _models(ctx)
     best = _best_splits(ctx)
     ev = Evaluator(ctx, st["n_boot"])
     depth = models["dit"][0].config.depth
-    rows, comparisons = [], []
-    for method, cfg_scale, n in st["conditions"]:
+    kept = _resume(ctx)
+    rows, comparisons, machines, done = kept["rows"], kept["comparisons"], kept["machines"], kept["done"]
+    for method, cfg_scale, n, budgets in st["conditions"]:
+        if [method, cfg_scale, n, list(budgets)] in done:
+            continue
         fields = dict(method=method, cfg_scale=cfg_scale)
-        for b in st["budgets"]:
+        for b in budgets:
             scored = {}
             for name, model, cfg in variants(models, best, b, depth, fields):
                 plan = plan_for(model, cfg)
@@ -89,30 +114,32 @@ def run(ctx: Context) -> Path:
                 log(f"headline {method} g{cfg_scale}: {name} at {b} DiT steps ({plan.steps} steps), n={n}")
                 scored[name], row = ev.measure(model, cfg, n, ctx.seed)
                 rows.append({"variant": name, "method": method, "cfg_scale": cfg_scale, "budget_dit_steps": b,
-                             "budget": b * depth, **row})
-            here = {r["variant"]: r for r in rows if r["method"] == method and r["cfg_scale"] == cfg_scale
-                    and r["budget_dit_steps"] == b and "skipped" not in r}
+                             "budget": b * depth, "min_iterations": cfg.min_iterations, **row})
             for a, base in COMPARISONS:
                 if a in scored and base in scored:
                     comparisons.append({"a": a, "b": base, "method": method, "cfg_scale": cfg_scale,
                                         "budget_dit_steps": b, "n": n,
-                                        "powered": powered(here[a], here[base], min_n=st["min_n"]),
                                         "diff": ev.compare(scored[a], scored[base], ctx.seed)})
-    results = {"metrics": metric_info(), "rows": rows, "comparisons": comparisons, "dit_depth": depth,
-               "models": {k: str(v[1]) for k, v in models.items()}, "best_splits_from": "landscape.json" if best else None}
-    plot(ctx, results, st)
-    settings = {**st, "seed_set": "report", "seed": ctx.seed, "sampler": SamplerConfig().to_dict(),
-                "verdict_metrics": list(VERDICT_METRICS)}
-    return write_result(ctx, NAME, settings, results, started)
+        machines[condition_key(method, cfg_scale)] = {
+            **machine_info(ctx.device), "precision": resolve_precision(SamplerConfig().precision, ctx.device)}
+        done.append([method, cfg_scale, n, list(budgets)])
+        results = {"metrics": metric_info(), "rows": rows, "comparisons": comparisons, "machines": machines,
+                   "dit_depth": depth, "models": {k: str(v[1]) for k, v in models.items()},
+                   "best_splits_from": "landscape.json" if best else None}
+        settings = {**st, "conditions": list(done), "seed_set": "report", "seed": ctx.seed,
+                    "sampler": SamplerConfig().to_dict(), "verdict_metrics": list(VERDICT_METRICS)}
+        path = write_result(ctx, NAME, settings, results, started)  # after every condition: a cut-short run keeps them
+    plot(ctx, json.loads(result_path(ctx.out, NAME).read_text()))
+    return result_path(ctx.out, NAME)
 
 
-def plot(ctx: Context, r: dict, st: dict) -> None:
+def plot(ctx: Context, data: dict) -> None:
     plt = pyplot()
-    conds = st["conditions"]
+    r, conds = data["results"], data["settings"]["conditions"]
     fig, axes = plt.subplots(len(VERDICT_METRICS), len(conds), figsize=(4.6 * len(conds), 3.4 * len(VERDICT_METRICS)),
                              squeeze=False)
     colors = {"DiT": "k", "DiT-16": "0.55", "FPDM, smoothing rule": "C0", "FPDM, best split": "C3"}
-    for j, (method, cfg_scale, n) in enumerate(conds):
+    for j, (method, cfg_scale, n, budgets) in enumerate(conds):
         for i, metric in enumerate(VERDICT_METRICS):
             ax = axes[i, j]
             for v, color in colors.items():
@@ -125,7 +152,7 @@ def plot(ctx: Context, r: dict, st: dict) -> None:
                 ax.plot(xs, [m["value"] for m in ms], marker="o", ms=3, color=color, label=v)
                 ax.fill_between(xs, [m["lo"] for m in ms], [m["hi"] for m in ms], color=color, alpha=0.15)
             ax.set_xscale("log")
-            ax.set_xticks(list(st["budgets"]), [str(b) for b in st["budgets"]])
+            ax.set_xticks(list(budgets), [str(b) for b in budgets])
             ax.minorticks_off()
             if i == 0:
                 ax.set_title(f"{method.upper()}, guidance {cfg_scale:g}, n = {n}", fontsize=10)
@@ -138,12 +165,21 @@ def plot(ctx: Context, r: dict, st: dict) -> None:
     save_figure(ctx, NAME, fig)
 
 
-def judge(c: dict, metrics: dict) -> dict[str, str]:
+def is_powered(c: dict, data: dict) -> bool:
+    """Enough images, and both models clearly above chance at some budget of this condition (they learned)."""
+    rows = [x for x in data["results"]["rows"] if x["method"] == c["method"] and x["cfg_scale"] == c["cfg_scale"]
+            and "skipped" not in x]
+    best = {v: max((x["metrics"]["accuracy"]["value"] for x in rows if x["variant"] == v), default=0.0)
+            for v in (c["a"], c["b"])}
+    return c["n"] >= data["settings"]["min_n"] and min(best.values()) >= MIN_ACCURACY
+
+
+def judge(c: dict, metrics: dict, powered: bool = True) -> dict[str, str]:
     """stats.verdict of `a better than b` on each verdict metric."""
     from ..stats import verdict
 
     return {m: verdict(c["diff"][m]["lo"], c["diff"][m]["hi"], higher_is_better=metrics[m]["higher_is_better"],
-                       powered=c["powered"]) for m in VERDICT_METRICS}
+                       powered=powered) for m in VERDICT_METRICS}
 
 
 def overall(per_metric: dict[str, str]) -> str:
@@ -153,26 +189,31 @@ def overall(per_metric: dict[str, str]) -> str:
 
 
 def verdicts(data: dict) -> list[dict]:
-    r, (method, cfg_scale, _) = data["results"], data["settings"]["conditions"][0]
+    r, (method, cfg_scale, *_) = data["results"], data["settings"]["conditions"][0]
     out = []
-    for a in ("FPDM, best split", "FPDM, smoothing rule"):
+    for a, b in (("FPDM, best split", "DiT"), ("FPDM, smoothing rule", "DiT"), ("FPDM, best split", "DiT-16")):
         for c in r["comparisons"]:
-            if c["a"] == a and c["b"] == "DiT" and c["method"] == method and c["cfg_scale"] == cfg_scale:
-                per = judge(c, r["metrics"])
+            if c["a"] == a and c["b"] == b and c["method"] == method and c["cfg_scale"] == cfg_scale:
+                per = judge(c, r["metrics"], is_powered(c, data))
                 words = ", ".join(f"{m} {v}" for m, v in per.items())
-                out.append(finding(overall(per), f"{a} beats DiT at {c['budget_dit_steps']} DiT-step budget "
-                                   f"({method.upper()}, guidance {cfg_scale:g})",
-                                   f"n = {c['n']}; per metric: {words}"))
+                out.append(finding(overall(per), f"{a} beats {b} at {c['budget_dit_steps']} DiT-step budget "
+                                   f"({method.upper()}, guidance {cfg_scale:g})", f"n = {c['n']}; per metric: {words}"))
     return out
 
 
 def section(data: dict) -> str:
     r = data["results"]
+    rule_m = sorted({x["min_iterations"] for x in r["rows"] if x["variant"] == "FPDM, smoothing rule" and "skipped" not in x
+                     and "min_iterations" in x}) or [data["settings"]["sampler"]["min_iterations"]]
     lines = [f"Report seed set (seed {data['settings']['seed']}); models: "
              + ", ".join(f"{k} = `{Path(v).name}`" for k, v in r["models"].items())
-             + f"; best splits from {r['best_splits_from'] or 'nowhere (landscape.json missing)'}.", ""]
-    for method, cfg_scale, n in data["settings"]["conditions"]:
-        lines += [f"### {method.upper()}, guidance {cfg_scale:g}, n = {n}", "",
+             + f"; best splits from {r['best_splits_from'] or 'nowhere (landscape.json missing)'}; smoothing rule "
+             f"with min_iterations {', '.join(map(str, rule_m))}. Verdict: `a` better than `b` on every metric of "
+             "both feature spaces; metrics that disagree make it inconclusive.", ""]
+    for method, cfg_scale, n, _ in data["settings"]["conditions"]:
+        mach = r.get("machines", {}).get(condition_key(method, cfg_scale))
+        where = f" — measured on {mach['gpu'] or mach['cpu']}, sampling precision {mach['precision']}" if mach else ""
+        lines += [f"### {method.upper()}, guidance {cfg_scale:g}, n = {n}{where}", "",
                   "| budget | variant | steps | " + " | ".join(r["metrics"][m]["label"] for m in VERDICT_METRICS)
                   + " | precision | recall |", "|---|---|---|" + "---|" * (len(VERDICT_METRICS) + 2)]
         for x in r["rows"]:
@@ -191,7 +232,7 @@ def section(data: dict) -> str:
         for c in r["comparisons"]:
             if c["method"] != method or c["cfg_scale"] != cfg_scale:
                 continue
-            per = judge(c, r["metrics"])
+            per = judge(c, r["metrics"], is_powered(c, data))
             lines.append(f"| {c['budget_dit_steps']} | {c['a']} - {c['b']} | "
                          + " | ".join(_ci(c["diff"][m]) for m in VERDICT_METRICS) + f" | {overall(per)} |")
         lines.append("")

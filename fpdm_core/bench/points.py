@@ -61,8 +61,3 @@ class Evaluator:
 
 def metric_info() -> dict:
     return {k: dict(v) for k, v in METRICS.items()}
-
-
-def powered(*rows: dict, min_n: int) -> bool:
-    """A comparison is evidence only with enough images and models clearly above chance."""
-    return all(r["n"] >= min_n and r["metrics"]["accuracy"]["value"] >= MIN_ACCURACY for r in rows)
