@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -200,8 +201,9 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 def check_weight_shapes(config: ModelConfig, shapes: dict[str, tuple[int, ...]], where: str) -> None:
     """Every weight group in `shapes` (file names) has exactly the tensors and shapes `config` needs.
 
-    The positional table is compared first: the file must hold it (tokens x hidden values) before
-    the meta build computes one like it.
+    Cheap checks first, so a small file claiming a large model costs no build: the positional
+    table's shape, then the number of values against `ModelConfig.parameter_count()`; only a file
+    that holds that many values gets the meta build that compares every name and shape.
     """
     for group in WEIGHT_GROUPS:
         names = {k[len(group) + 1:]: v for k, v in shapes.items() if k.startswith(group + ".")}
@@ -212,6 +214,11 @@ def check_weight_shapes(config: ModelConfig, shapes: dict[str, tuple[int, ...]],
             got = _shape(names["pos_embed"]) if "pos_embed" in names else "nothing"
             raise CheckpointError(f"{where}: the weights do not match the stored model config: {group}.pos_embed "
                                   f"is {got}, the config needs {_shape(want_pos)}")
+        values = sum(math.prod(shape) for shape in names.values())
+        need = config.parameter_count() + math.prod(want_pos)  # parameters and the positional table
+        if values != need:
+            raise CheckpointError(f"{where}: the weights do not match the stored model config: the {group} weights "
+                                  f"hold {values:,} values, the config needs {need:,}")
         want = expected_shapes(config)
         missing, extra = sorted(set(want) - set(names)), sorted(set(names) - set(want))
         if missing or extra:

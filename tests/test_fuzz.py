@@ -56,7 +56,9 @@ HUGE = [  # (fields replacing FPDM-tiny's, what the one-line refusal must name)
     ({"kind": "dit", "depth": 256, "hidden_size": 8192, "num_heads": 64}, "parameters"),
     ({"hidden_size": 4096, "num_heads": 64, "num_classes": 100_000}, "pos_embed"),  # within every limit
     ({"input_size": 1024, "patch_size": 8, "hidden_size": 1024}, "pos_embed"),
+    ({"input_size": 8, "pre_depth": 256, "post_depth": 256}, "values"),  # a fitting pos_embed: counted, not built
 ]
+FITTING_POS = {"input_size": 8}  # cases whose file holds the pos_embed the config needs (4 tokens x 32)
 
 PROBE = """
 import contextlib, io, json, resource, sys, time
@@ -94,7 +96,9 @@ print(json.dumps({"rss_growth_mb": (rss1 - rss0) / 1024, "results": results}))
 
 def test_small_files_claiming_huge_models_are_refused_fast_with_bounded_memory(tmp_path):
     """The loader, the sample CLI and both exports, in a fresh process whose peak memory is measured."""
-    files = [craft(tmp_path / f"huge{i}.safetensors", {**TINY, **fields}) for i, (fields, _) in enumerate(HUGE)]
+    pos = {"model.pos_embed": torch.zeros(1, 4, 32, dtype=torch.float16)}
+    files = [craft(tmp_path / f"huge{i}.safetensors", {**TINY, **fields},
+                   pos if fields.items() >= FITTING_POS.items() else None) for i, (fields, _) in enumerate(HUGE)]
     assert all(f.stat().st_size < 1024 for f in files)
     proc = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path), json.dumps([str(f) for f in files])],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
