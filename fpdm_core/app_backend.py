@@ -802,6 +802,18 @@ def find_cell(grid: dict, steps: int, iterations: int) -> dict | None:
     return next((c for c in grid["cells"] if c["steps"] == steps and c["iterations"] == iterations), None)
 
 
+def neighbours(grid: dict, steps: int, iterations: float) -> list[dict]:
+    """Measured cells around an unmeasured split: the grid's step counts just below and above `steps`, at the
+    grid's iteration counts just below and above `iterations` (up to four cells, fewest block evaluations first)."""
+    def around(values, v):
+        below = [x for x in values if x <= v][-1:]
+        above = [x for x in values if x >= v][:1]
+        return sorted(set(below + above))
+
+    cells = [find_cell(grid, s, k) for s in around(grid["steps"], steps) for k in around(grid["iterations"], iterations)]
+    return sorted((c for c in cells if c is not None), key=lambda c: (c["block_evals"], c["steps"]))
+
+
 def iso_budget_iterations(budget: float, steps: float, explicit_blocks: int) -> float:
     """Iterations per step K on the line S * (pre + K + post) = B."""
     return budget / steps - explicit_blocks
@@ -909,7 +921,7 @@ def landscape_figure(ls: Landscape, grid: dict, metric: str, split: tuple[int, f
         if best is not None:
             fig.add_trace(go.Scatter(
                 x=[S.index(best["steps"])], y=[K.index(best["iterations"])], mode="markers", name="best measured",
-                marker=dict(symbol="star", size=20, color="gold", line=dict(color="black", width=1)),
+                marker=dict(symbol="star", size=20, color="white", line=dict(color="black", width=2)),
                 hovertemplate=(f"best measured within {budget}: {best['steps']} steps x {best['iterations']} iterations"
                                f"<br>{info['label']}: {_with_ci(metric_value(best, metric))}<extra></extra>")))
         cell = find_cell(grid, steps, round(its)) if its == round(its) else None
@@ -920,7 +932,7 @@ def landscape_figure(ls: Landscape, grid: dict, metric: str, split: tuple[int, f
                            f"<br>{info['label']}: {_with_ci(metric_value(cell, metric) if cell else None)}"
                            "<extra></extra>")))
         dit = dit_at_budget(ls, budget, grid["method"], grid["cfg_scale"], metric)
-        title += (f"<br>DiT at {budget} block evaluations ({plural(dit['steps'], 'step')}): "
+        title += (f"<br>DiT within {budget} block evaluations ({plural(dit['steps'], 'step')}, {dit['block_evals']}): "
                   f"{_with_ci(metric_value(dit, metric))}" if dit else f"<br>no DiT run measured within {budget}")
     fig.update_layout(
         title=dict(text=title, font_size=13), margin=dict(l=60, r=20, t=70, b=44), height=440,
@@ -945,6 +957,11 @@ def landscape_answer(ls: Landscape, grid: dict, metric: str, split: tuple[int, f
     lines.append(f"Measured {info['label']} here: {_with_ci(mine)}" + (
         "" if cell else f" (the grid has steps {', '.join(map(str, grid['steps']))} and iterations "
                         f"{', '.join(map(str, grid['iterations']))})") + ".")
+    near = [] if cell else neighbours(grid, steps, its)
+    if near:
+        lines.append("Nearest measured splits: " + "; ".join(
+            f"{c['steps']} x {c['iterations']} ({c['block_evals']} block evaluations): {_with_ci(metric_value(c, metric))}"
+            for c in near) + ".")
     best = best_split(grid, budget, metric, hib)
     if best is None:
         lines.append(f"No measured split costs {budget} block evaluations or less.")
@@ -964,12 +981,12 @@ def landscape_answer(ls: Landscape, grid: dict, metric: str, split: tuple[int, f
             lines.append("**Verdict:** yours is the best measured split within this budget.")
     dit = dit_at_budget(ls, budget, grid["method"], grid["cfg_scale"], metric)
     if dit is None:
-        lines.append(f"**DiT at this budget:** no DiT run measured within {budget} block evaluations "
+        lines.append(f"**DiT within this budget:** no DiT run measured within {budget} block evaluations "
                      f"(one DiT step costs {ls.dit_depth}).")
     else:
         dv = metric_value(dit, metric)
-        lines.append(f"**DiT at this budget:** {plural(dit['steps'], 'step')} ({dit['block_evals']} block evaluations): "
-                     f"{_with_ci(dv)}.")
+        lines.append(f"**DiT within this budget:** {plural(dit['steps'], 'step')} ({dit['block_evals']} block "
+                     f"evaluations, the most DiT steps measured within {budget}): {_with_ci(dv)}.")
         if best is not None:
             lines.append("FPDM's best split here vs DiT: " + {
                 "better": "FPDM is better beyond both 95% intervals.", "worse": "DiT is better beyond both 95% intervals.",

@@ -422,12 +422,12 @@ def test_landscape_answer_to_ten_steps_by_three(landscape):
                                     budget=None, reuse=True, method="ddim", cfg_scale=3.0)
     assert "**Your split:** 10 steps x 3 iterations per step = 50 block evaluations" in text
     assert "Measured class accuracy (kit classifier) here: 0.837 (95% CI 0.817-0.857)" in text
-    assert "**Best measured split within 50:**" in text and "**DiT at this budget:** 6 steps (48" in text
+    assert "**Best measured split within 50:**" in text and "**DiT within this budget:** 6 steps (48" in text
     names = [t.name for t in fig.data]
     assert names == [None, "budget 50", "best measured", "your split"]
     line = fig.data[1]
     assert len(line.x) > 10 and all(np.diff(line.y) <= 1e-9), "the iso-budget line falls as steps rise"
-    assert "DiT at 50 block evaluations (6 steps)" in fig.layout.title.text
+    assert "DiT within 50 block evaluations (6 steps, 48)" in fig.layout.title.text
     hover = fig.data[0].text[2][2]  # iterations 3 (row 2), steps 10 (column 2)
     assert hover.startswith("10 steps x 3 iterations = 50 block evaluations") and "95% CI" in hover
 
@@ -443,6 +443,9 @@ def test_landscape_marker_follows_the_sliders(landscape):
     assert marker(steps=5) == (1.0, 2.0) and marker(iterations=6) == (2.0, 3.0)
     x, y = marker(steps=7)  # between measured columns: log-interpolated
     assert 1 < x < 2 and y == 2.0
+    _, text = ab.landscape_for_ui(landscape, "", "accuracy", budget_mode=ab.MODE_STEPS, steps=7, iterations=3,
+                                  budget=None, reuse=True, method="ddim", cfg_scale=3.0)
+    assert "Nearest measured splits: 5 x 3 (25 block evaluations): " in text and "; 10 x 3 (50 block" in text
     fig, text = ab.landscape_for_ui(landscape, "", "fcd", budget_mode=ab.MODE_STEPS, steps=None, iterations=3,
                                     budget=50, reuse=True, method="ddim", cfg_scale=3.0)
     assert "**Cannot place your split:** sampling steps is empty" in text and len(fig.data) == 1
@@ -574,6 +577,10 @@ def test_server_eight_clients_then_fuzzed_api_calls(ckpt_dir, tmp_path):
         assert not any(t.is_alive() for t in threads), "clients did not finish in time"
         assert not errors, errors
 
+        import urllib.request
+
+        with urllib.request.urlopen(f"{url}config", timeout=30) as r:
+            assert json.load(r)["max_file_size"] == ab.MAX_UPLOAD_MB * 2**20, "uploads are capped"
         # bad requests over HTTP: each answered in the page with its field's name, none a generic error
         client = Client(url, verbose=False, analytics_enabled=False, download_files=str(tmp_path / "fuzz"))
 

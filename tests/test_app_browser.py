@@ -157,7 +157,7 @@ def test_moving_the_sliders_moves_the_landscape_marker(page):
     page.wait_for_function("document.querySelector('#landscape-answer').innerText.includes('5 steps x 6')")
     assert marker(page) == (1, 3)
     answer = page.locator("#landscape-answer").inner_text()
-    assert "= 40 block evaluations" in answer and "Best measured split within 40" in answer and "DiT at this budget" in answer
+    assert "= 40 block evaluations" in answer and "Best measured split within 40" in answer and "DiT within this budget" in answer
     names = page.evaluate("document.querySelector('#landscape-plot .js-plotly-plot').data.map(d => d.name)")
     assert names == [None, "budget 40", "best measured", "your split"]
     assert page.locator("#landscape-plot .modebar").count() == 0
