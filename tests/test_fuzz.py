@@ -198,6 +198,21 @@ def test_fuzzed_foreign_state_dicts_are_imported_or_refused_in_one_line(their_we
     assert time.process_time() - start < 1.0
 
 
+@settings(max_examples=20, deadline=None)
+@given(kind=st.sampled_from(["fpdm", "dit"]), heads=st.integers(1, 4), width=st.integers(1, 6),
+       mlp_ratio=st.floats(0.25, 6.0), classes=st.integers(0, 20), channels=st.integers(1, 4), sigma=st.booleans(),
+       depths=st.tuples(st.integers(1, 3), st.integers(0, 2), st.integers(0, 2)), patch=st.sampled_from([1, 2, 4]))
+def test_parameter_count_from_the_sizes_equals_the_meta_build(kind, heads, width, mlp_ratio, classes, channels, sigma,
+                                                               depths, patch):
+    """The loader's cheap check (`ModelConfig.parameter_count`) agrees with counting a real (meta) build."""
+    from fpdm_core.models import count_parameters
+
+    config = ModelConfig(kind=kind, input_size=8, in_channels=channels, patch_size=patch, hidden_size=4 * heads * width,
+                         num_heads=heads, mlp_ratio=mlp_ratio, num_classes=classes, learn_sigma=sigma,
+                         depth=depths[0], pre_depth=depths[1], post_depth=depths[2])
+    assert config.parameter_count() == count_parameters(config)
+
+
 # ----------------------------------------------------------------------------- planner
 @settings(max_examples=80, deadline=None)
 @given(pre=st.integers(0, 3), post=st.integers(0, 3), budget=st.integers(1, 600), cap=st.integers(1, 80))
