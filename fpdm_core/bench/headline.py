@@ -130,7 +130,33 @@ def run(ctx: Context) -> Path:
                     "sampler": SamplerConfig().to_dict(), "verdict_metrics": list(VERDICT_METRICS)}
         path = write_result(ctx, NAME, settings, results, started)  # after every condition: a cut-short run keeps them
     plot(ctx, json.loads(result_path(ctx.out, NAME).read_text()))
+    draw_examples(ctx, models, best, depth)
     return result_path(ctx.out, NAME)
+
+
+EXAMPLE_BUDGETS = (2, 20)  # DiT-step budgets shown side by side in headline_examples.png
+
+
+def draw_examples(ctx: Context, models: dict, best: dict, depth: int) -> None:
+    """headline_examples.png: one image per class from DiT and FPDM (best split) at two budgets, same noise."""
+    from ..diffusion import GaussianDiffusion
+    from ..sampling import balanced_labels, sample_many
+
+    plt, diffusion = pyplot(), GaussianDiffusion().to(ctx.device)
+    labels = balanced_labels(10, models["dit"][0].config.num_classes)
+    panels = []
+    for b in EXAMPLE_BUDGETS:
+        for name, model, cfg in variants(models, best, b, depth, {}):
+            if name in ("DiT", "FPDM, best split"):
+                images, _ = sample_many(model, diffusion, labels, cfg, seed=ctx.seed, device=ctx.device)
+                panels.append((f"{name}, {b} DiT steps", images))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 1.25 * len(panels)), squeeze=False)
+    for ax, (title, images) in zip(axes[:, 0], panels):
+        ax.imshow(images[:, 0].permute(1, 0, 2).reshape(28, -1).clamp(-1, 1), cmap="gray", vmin=-1, vmax=1)
+        ax.set_title(title, fontsize=9, loc="left")
+        ax.axis("off")
+    fig.tight_layout()
+    save_figure(ctx, f"{NAME}_examples", fig)
 
 
 def plot(ctx: Context, data: dict) -> None:
@@ -189,16 +215,52 @@ def overall(per_metric: dict[str, str]) -> str:
 
 
 def verdicts(data: dict) -> list[dict]:
+    """At the headline condition: one finding per comparison and verdict, listing the budgets it holds at."""
     r, (method, cfg_scale, *_) = data["results"], data["settings"]["conditions"][0]
     out = []
     for a, b in (("FPDM, best split", "DiT"), ("FPDM, smoothing rule", "DiT"), ("FPDM, best split", "DiT-16")):
+        by_verdict: dict[str, list] = {}
         for c in r["comparisons"]:
             if c["a"] == a and c["b"] == b and c["method"] == method and c["cfg_scale"] == cfg_scale:
                 per = judge(c, r["metrics"], is_powered(c, data))
-                words = ", ".join(f"{m} {v}" for m, v in per.items())
-                out.append(finding(overall(per), f"{a} beats {b} at {c['budget_dit_steps']} DiT-step budget "
-                                   f"({method.upper()}, guidance {cfg_scale:g})", f"n = {c['n']}; per metric: {words}"))
+                by_verdict.setdefault(overall(per), []).append((c["budget_dit_steps"], per))
+        for v, items in by_verdict.items():
+            budgets = ", ".join(str(k) for k, _ in items)
+            split = "" if v != "inconclusive" else "; per metric at " + "; ".join(
+                f"{k}: " + ", ".join(f"{m} {w}" for m, w in per.items()) for k, per in items[:3])
+            out.append(finding(v, f"{a} beats {b} ({method.upper()}, guidance {cfg_scale:g}) at budgets (DiT steps): "
+                               f"{budgets}", f"n = {data['settings']['conditions'][0][2]}{split}"))
     return out
+
+
+def disagreement(data: dict, a: str = "FPDM, best split", b: str = "DiT") -> list[str]:
+    """Markdown: why the feature spaces rank a and b differently, from the diagnostics of the headline condition."""
+    r, (method, cfg_scale, *_) = data["results"], data["settings"]["conditions"][0]
+    rows = {(x["variant"], x["budget_dit_steps"]): x for x in r["rows"]
+            if x["method"] == method and x["cfg_scale"] == cfg_scale and "skipped" not in x}
+    budgets = sorted({k for v, k in rows if v == a and (b, k) in rows})
+    lines = [f"#### Why the metrics disagree ({a} vs {b}, {method.upper()}, guidance {cfg_scale:g})", "",
+             "Differences a - b of each Fréchet distance's mean and covariance terms, mean pixel brightness "
+             "(real images in brackets), and precision / recall in pixel-PCA space:", "",
+             "| budget | FCD: mean term | FCD: cov. term | pixel FD: mean term | pixel FD: cov. term | brightness a / b "
+             "(real) | precision a / b | recall a / b |", "|---|---|---|---|---|---|---|---|"]
+    mean_wins = 0
+    for k in budgets:
+        xa, xb = rows[a, k], rows[b, k]
+        ta, tb = xa["diagnostics"]["fd_terms"], xb["diagnostics"]["fd_terms"]
+        d = {sp: {t: ta[sp][t] - tb[sp][t] for t in ("mean", "covariance")} for sp in ("fcd", "fd_pixel")}
+        mean_wins += abs(d["fd_pixel"]["mean"]) > abs(d["fd_pixel"]["covariance"])
+        br = xa["diagnostics"]["brightness"]
+        lines.append(f"| {k} | {d['fcd']['mean']:+.1f} | {d['fcd']['covariance']:+.1f} | {d['fd_pixel']['mean']:+.2f} | "
+                     f"{d['fd_pixel']['covariance']:+.2f} | {br['samples']:.3f} / "
+                     f"{xb['diagnostics']['brightness']['samples']:.3f} ({br['real']:.3f}) | "
+                     f"{xa['metrics']['precision']['value']:.3f} / {xb['metrics']['precision']['value']:.3f} | "
+                     f"{xa['metrics']['recall']['value']:.3f} / {xb['metrics']['recall']['value']:.3f} |")
+    if budgets:
+        lines += ["", f"At {mean_wins} of {len(budgets)} budgets the pixel-space difference comes mostly from the "
+                  "mean term (the average image, i.e. brightness), not from the covariance (the variety of shapes). "
+                  "![examples](headline_examples.png)"]
+    return lines
 
 
 def section(data: dict) -> str:
@@ -236,6 +298,8 @@ def section(data: dict) -> str:
             lines.append(f"| {c['budget_dit_steps']} | {c['a']} - {c['b']} | "
                          + " | ".join(_ci(c["diff"][m]) for m in VERDICT_METRICS) + f" | {overall(per)} |")
         lines.append("")
+        if (method, cfg_scale) == tuple(data["settings"]["conditions"][0][:2]):
+            lines += disagreement(data) + [""]
     return "\n".join(lines)
 
 
