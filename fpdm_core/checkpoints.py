@@ -5,8 +5,9 @@ states. The metadata entry "fpdm" holds JSON: format, model config, training con
 data and seed info.
 
 Reading checks before it builds or allocates anything: the metadata's model config (types and
-limits, `ModelConfig`) and every tensor shape in the file's header against the shapes that config
-needs (computed on the meta device), so a small file claiming a huge model is refused at once.
+limits, `ModelConfig`), then the file's header against that config (the number of values, then
+every name and shape, from a build on the meta device), so a small file claiming a huge model is
+refused at once.
 Writes go to a private temporary folder next to the target and are renamed over it, so an
 interrupted save leaves the previous checkpoint intact; what a killed save leaves behind is removed
 at the next save (`remove_stale_temp_files`, one log line).
@@ -131,7 +132,7 @@ def remove_stale_temp_files(path: str | Path) -> list[str]:
     for entry in stale_temp_files(path):
         try:
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-        except FileNotFoundError:
+        except OSError:  # gone already (another rank cleaned it) or not ours to delete: leave it
             continue
         removed.append(entry.name)
     if removed:
