@@ -1,11 +1,10 @@
-"""Evaluate the shipped FPDM and DiT checkpoints and write checkpoints/MODEL_CARD.md from the numbers.
+"""Write checkpoints/MODEL_CARD.md from the checkpoints' own metadata and the committed benchmark JSON.
 
-    python scripts/model_card.py --first-sitting F D            # about 15 min on 2 free CPU cores
-    python scripts/model_card.py --first-sitting F D --n 100 --n-other 100 --out /tmp/card   # a quick look
+    python scripts/model_card.py          # seconds: reads figures/bench/headline.json, samples the grids
 
-Budgets are DiT-step equivalents: k DiT steps cost k * depth block evaluations per image.
-FPDM spends the same budget by timestep smoothing (the most steps with >= 2 iterations each),
-with and without solution reuse. Everything is measured here; nothing is typed by hand.
+Every number comes from a file: training facts from each checkpoint's metadata, quality from
+`figures/bench/headline.json` (the `headline` benchmark; run `python -m fpdm_core.bench headline`
+to remeasure it). The sample grids and training curves go to figures/model_card/.
 """
 from __future__ import annotations
 
@@ -19,149 +18,147 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from fpdm_core.checkpoints import CHECKPOINT_DIR, SHIPPED, load_checkpoint, load_model
+from fpdm_core.bench import headline
+from fpdm_core.checkpoints import CHECKPOINT_DIR, load_checkpoint, load_model
 from fpdm_core.diffusion import GaussianDiffusion
-from fpdm_core.metrics import classifier_meta, evaluate, load_classifier
+from fpdm_core.metrics import classifier_meta
 from fpdm_core.models import count_parameters
 from fpdm_core.plots import save_grid
-from fpdm_core.sampling import SamplerConfig, sample
+from fpdm_core.sampling import SamplerConfig, balanced_labels, sample_many
+
+ROOT = Path(__file__).resolve().parents[1]
+FILES = {"fpdm": "fpdm-fm-m", "dit": "dit-fm-m", "dit_deep": "dit16-fm-m"}
+NAMES = {"fpdm": "FPDM-FM-M", "dit": "DiT-FM-M", "dit_deep": "DiT-FM-M, depth 16"}
+SHOWN = ("DiT", "DiT-16", "FPDM, smoothing rule", "FPDM, best split")
+PAPER_BUDGET = 20  # DiT steps: the budget the paper compares at
 
 
-def training_curves(metrics: dict[str, Path], out: Path) -> None:
+def training_curves(out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name, path in metrics.items():
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        ax.plot([r["elapsed_s"] / 60 for r in rows], [r["loss"] for r in rows], label=name, lw=1)
-    ax.set(xlabel="wall-clock minutes (2 shared CPU cores)", ylabel="training loss (epsilon MSE)", yscale="log")
+    for kind, stem in FILES.items():
+        rows = [json.loads(line) for line in (CHECKPOINT_DIR / f"{stem}.metrics.jsonl").read_text().splitlines() if line]
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=NAMES[kind], lw=1)
+    ax.set(xlabel="training step (batch 128)", ylabel="training loss (epsilon MSE)", yscale="log")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=1000, help="samples per setting at the budget of 20 DiT steps")
-    p.add_argument("--n-other", type=int, default=500, help="samples per setting at the other budgets")
-    p.add_argument("--budgets", type=int, nargs="+", default=[5, 10, 20], help="DiT-step equivalents")
-    p.add_argument("--cfg-scale", type=float, default=3.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=CHECKPOINT_DIR)
-    p.add_argument("--first-sitting", type=int, nargs=2, metavar=("FPDM_STEPS", "DIT_STEPS"), required=True,
-                   help="steps at the end of the first sitting (constant EMA decay), for the reproduction commands")
-    a = p.parse_args()
-    a.out.mkdir(parents=True, exist_ok=True)
-    diffusion, clf = GaussianDiffusion(), load_classifier()
-    fpdm, dit = load_model(SHIPPED["fpdm"]), load_model(SHIPPED["dit"])
-    depth = dit.config.depth
-    results = []
-    for k in a.budgets:
-        budget = k * depth
-        settings = [("DiT", dit, SamplerConfig(steps=k, cfg_scale=a.cfg_scale)),
-                    ("FPDM, smoothing + reuse", fpdm, SamplerConfig(budget=budget, reuse=True, cfg_scale=a.cfg_scale)),
-                    ("FPDM, smoothing, no reuse", fpdm, SamplerConfig(budget=budget, reuse=False, cfg_scale=a.cfg_scale))]
-        for name, model, cfg in settings:
-            r = evaluate(model, diffusion, cfg, n=a.n if k == 20 else a.n_other, classifier=clf, seed=a.seed)
-            r.update(name=name, dit_steps=k, budget=budget)
-            results.append(r)
-            print(f"{k:>3} DiT steps | {name:<28} | acc {r['accuracy']:.3f} | FCD {r['fcd']:.1f} | {r['seconds']:.0f} s", flush=True)
-    meta = {kind: {k: v for k, v in load_checkpoint(path).meta.items() if k != "optimizer_param_groups"}
-            for kind, path in SHIPPED.items()}
-    for kind, model in (("fpdm", fpdm), ("dit", dit)):
-        meta[kind]["parameters"] = count_parameters(model.config)
-        meta[kind]["first_sitting_steps"] = a.first_sitting[0 if kind == "fpdm" else 1]
-    (a.out / "eval.json").write_text(json.dumps({"n": a.n, "cfg_scale": a.cfg_scale, "seed": a.seed, "results": results,
-                                                 "checkpoints": meta, "classifier": classifier_meta()}, indent=1))
-    clf_acc = classifier_meta().get("test_accuracy")
-    labels = torch.arange(10).repeat(4)
-    for kind, model in (("fpdm", fpdm), ("dit", dit)):
-        cfg = SamplerConfig(budget=20 * depth, cfg_scale=a.cfg_scale) if kind == "fpdm" else SamplerConfig(steps=20, cfg_scale=a.cfg_scale)
-        images, _ = sample(model, diffusion, labels, cfg, generator=torch.Generator().manual_seed(a.seed))
-        save_grid(images, a.out / f"{kind}-samples.png", nrow=10)
-    curves = {n: CHECKPOINT_DIR / f"{k}-fm-m.metrics.jsonl" for k, n in (("fpdm", "FPDM-FM-M"), ("dit", "DiT-FM-M"))}
-    if all(p.exists() for p in curves.values()):
-        training_curves(curves, a.out / "training-curves.png")
-    write_card(a.out / "MODEL_CARD.md", results, meta, a, clf_acc)
+def sample_grids(out: Path, seed: int) -> None:
+    """One column per class, 4 rows, each model at the paper's budget (FPDM by the smoothing rule)."""
+    diffusion = GaussianDiffusion()
+    for kind, stem in FILES.items():
+        model = load_model(CHECKPOINT_DIR / f"{stem}.safetensors")
+        depth = 8  # budgets are DiT-FM-M steps
+        cfg = (SamplerConfig(budget=PAPER_BUDGET * depth) if kind == "fpdm"
+               else SamplerConfig(steps=PAPER_BUDGET * depth // model.config.depth))
+        images, _ = sample_many(model, diffusion, balanced_labels(40, 10), cfg, seed=seed)
+        save_grid(images, out / f"{stem}-samples.png", nrow=10)
 
 
-def rewrite_card(out: Path = CHECKPOINT_DIR) -> None:
-    """Regenerate MODEL_CARD.md from an existing eval.json (no sampling)."""
-    e = json.loads((out / "eval.json").read_text())
-    first = [e["checkpoints"][k]["first_sitting_steps"] for k in ("fpdm", "dit")]
-    a = argparse.Namespace(cfg_scale=e["cfg_scale"], seed=e["seed"], first_sitting=first)
-    write_card(out / "MODEL_CARD.md", e["results"], e["checkpoints"], a, e["classifier"].get("test_accuracy"))
+def _ci(m: dict, fmt: str) -> str:
+    return f"{m['value']:{fmt}} [{m['lo']:{fmt}}, {m['hi']:{fmt}}]"
 
 
-def write_card(path: Path, results: list[dict], meta: dict, a: argparse.Namespace, clf_acc) -> None:
-    f, d = meta["fpdm"], meta["dit"]
-    rows = "\n".join(f"| {r['dit_steps']} ({r['budget']}) | {r['name']} | {r['n']} | {r['plan']['steps']} x "
-                     f"{'/'.join(map(str, sorted(set(r['plan']['iterations'])))) if r['name'] != 'DiT' else '-'} | "
-                     f"{r['accuracy']:.3f} | {r['fcd']:.1f} |" for r in results)
+def write_card(path: Path, meta: dict, bench: dict, first_sitting: tuple[int, int], figures: str) -> None:
+    r, (method, cfg_scale, n, budgets) = bench["results"], bench["settings"]["conditions"][0]
+    rows = [x for x in r["rows"] if x["method"] == method and x["cfg_scale"] == cfg_scale and "skipped" not in x]
+    table = "\n".join(f"| {x['budget_dit_steps']} | {x['variant']} | {x['steps']} | {_ci(x['metrics']['accuracy'], '.3f')} | "
+                      f"{_ci(x['metrics']['fcd'], '.1f')} | {_ci(x['metrics']['fd_pixel'], '.2f')} |"
+                      for x in rows if x["variant"] in SHOWN)
+    found = []
+    for c in r["comparisons"]:
+        if c["method"] == method and c["cfg_scale"] == cfg_scale and c["budget_dit_steps"] == PAPER_BUDGET \
+                and c["b"] in ("DiT", "DiT-16") and c["a"].startswith("FPDM"):
+            per = headline.judge(c, r["metrics"], headline.is_powered(c, bench))
+            found.append(f"- {c['a']} vs {c['b']}: **{headline.overall(per)}** ("
+                         + ", ".join(f"{k} difference {_ci(c['diff'][k], '.3f')}: {v}" for k, v in per.items()) + ")")
+    f, d, h = meta["fpdm"], meta["dit"], meta["dit_deep"]
     cmd = ("python -m fpdm_core.train --run-dir runs/{m} --model {m} --lr 7e-4 --batch-size 128 --threads 1 "
            "--seed 0 --save-every 250 --sample-every 1000 --log-every 25 --no-progress")
-    at20 = {r["name"]: r for r in results if r["dit_steps"] == 20}
-    fp, fp_off, dt = at20["FPDM, smoothing + reuse"], at20["FPDM, smoothing, no reuse"], at20["DiT"]
-    verdict = (f"**At the budget of 20 DiT steps ({dt['budget']} block evaluations), {fp['accuracy']:.1%} of {fp['n']} FPDM "
-               f"samples are classified as the requested class** (the kit's bar is 60%: "
-               f"{'met' if fp['accuracy'] >= 0.6 else 'not met'}); without solution reuse {fp_off['accuracy']:.1%}; "
-               f"the DiT baseline {dt['accuracy']:.1%}. At this small scale and equal training wall time, DiT "
-               f"{'beats' if dt['accuracy'] > fp['accuracy'] else 'does not beat'} FPDM; the paper's quality claim is not "
-               f"reproduced here (see `figures/RESULTS.md`).")
-    text = f"""# Model card: FPDM-FM-M and DiT-FM-M on Fashion-MNIST
+    files = "\n".join(
+        f"| `{FILES[k]}.safetensors` | {NAMES[k]}: {desc} | {meta[k]['parameters'] / 1e6:.2f}M | {meta[k]['step']} | "
+        f"torch {meta[k]['torch']}, {meta[k]['precision']}, {meta[k]['elapsed_s'] / 60:.0f} min |"
+        for k, desc in (("fpdm", "1 pre + fixed-point block + 1 post"), ("dit", "8 blocks"), ("dit_deep", "16 blocks")))
+    text = f"""# Model card: FPDM-FM-M, DiT-FM-M and a depth-16 DiT on Fashion-MNIST
 
-Generated by `python scripts/model_card.py --first-sitting {f["first_sitting_steps"]} {d["first_sitting_steps"]} --cfg-scale {a.cfg_scale}` from `checkpoints/eval.json`; do not edit by hand.
+Generated by `python scripts/model_card.py` from the checkpoints' metadata and
+`figures/bench/headline.json`; do not edit by hand.
 
-| file | model | parameters | training steps | wall time |
+| file | model (hidden 192, 4 heads, patch 4: 49 tokens) | parameters | training steps | trained on, time |
 |---|---|---|---|---|
-| `fpdm-fm-m.safetensors` | FPDM: 1 pre + fixed-point block + 1 post, hidden 192, 4 heads, patch 4 (49 tokens) | {f['parameters'] / 1e6:.2f}M | {f['step']} | {f['elapsed_s'] / 60:.0f} min |
-| `dit-fm-m.safetensors` | DiT: 8 blocks, hidden 192, 4 heads, patch 4 | {d['parameters'] / 1e6:.2f}M | {d['step']} | {d['elapsed_s'] / 60:.0f} min |
+{files}
 
-Both are class-conditional (10 classes + a null class, label dropout 0.1), epsilon-prediction,
-linear betas 1e-4..0.02 over T = 1000, EMA weights exported to float16. They were trained at the
-same time on one 2-core CPU (one thread each, bf16 autocast, AdamW lr 7e-4, batch 128, warm-up
-200 steps, gradient clip 1.0, seed 0) for the **same wall-clock time**, so FPDM, whose S-JFB
-steps cost more (n_no_grad ~ U{{0..10}} without gradient, n_grad ~ U{{1..12}} with), made fewer
-steps. The machine was shared with other work during training, so the wall time is not a
-clean speed measurement (see `figures/RESULTS.md` for that); the step counts are exact.
+All are class-conditional (10 classes + a null class, label dropout 0.1), epsilon-prediction,
+linear betas 1e-4..0.02 over T = 1000, EMA weights exported to float16, AdamW lr 7e-4, batch 128,
+warm-up 200 steps, gradient clip 1.0, seed 0. FPDM-FM-M and DiT-FM-M were trained at the same time
+on one 2-core CPU (one thread each) for the **same wall-clock time**, so FPDM, whose S-JFB steps
+cost more (n_no_grad ~ U{{0..10}} without gradient, n_grad ~ U{{1..12}} with), made fewer steps.
+The depth-16 DiT got the same training *compute* as DiT-FM-M: {h['step']} steps = {d['step']} x
+(FLOPs of a DiT-8 step / FLOPs of a DiT-16 step, from `budget.CostModel`), trained on a GPU
+(`scripts/full_benchmark.sh`); it made about half of DiT-FM-M's steps, so it is the weaker model.
 
-They were trained in two sittings (`--max-minutes`, then `--resume`, which continues exactly);
-the first used a constant EMA decay of 0.999, the second the EMA warm-up that is now the
-default. To reproduce the weights on a CPU, run the same steps in the same two sittings:
+To reproduce FPDM-FM-M and DiT-FM-M on a CPU, run the same steps in the same two sittings (the
+first used a constant EMA decay of 0.999, the second the EMA warm-up that is now the default):
 
 ```bash
-{cmd.format(m="FPDM-FM-M")} --no-ema-warmup --max-steps {f["first_sitting_steps"]}
+{cmd.format(m="FPDM-FM-M")} --no-ema-warmup --max-steps {first_sitting[0]}
 {cmd.format(m="FPDM-FM-M")} --resume --max-steps {f["step"]}
-{cmd.format(m="DiT-FM-M")} --no-ema-warmup --max-steps {d["first_sitting_steps"]}
+{cmd.format(m="DiT-FM-M")} --no-ema-warmup --max-steps {first_sitting[1]}
 {cmd.format(m="DiT-FM-M")} --resume --max-steps {d["step"]}
+python -m fpdm_core.train --run-dir runs/dit16 --model DiT-FM-M --model-override depth=16 --lr 7e-4 --batch-size 128 --seed 0 --max-steps {h["step"]}
 python -m fpdm_core.checkpoints runs/FPDM-FM-M/checkpoint.safetensors checkpoints/fpdm-fm-m.safetensors
-python -m fpdm_core.checkpoints runs/DiT-FM-M/checkpoint.safetensors checkpoints/dit-fm-m.safetensors
-python scripts/model_card.py --first-sitting {f["first_sitting_steps"]} {d["first_sitting_steps"]} --cfg-scale {a.cfg_scale}
 ```
 
-![training curves](training-curves.png)
+![training curves]({figures}/training-curves.png)
 
-## Results
+## Results (from the `headline` benchmark)
 
-{verdict}
+{method.upper()}, guidance {cfg_scale:g}, n = {n} images per point on the report seed set, 95% bootstrap
+intervals. Budgets are in DiT-FM-M steps (8 block evaluations each). At the paper's budget of
+{PAPER_BUDGET} DiT steps:
 
-Judge: the classifier in `fmnist-classifier.safetensors` (see `CLASSIFIER.md`), a CNN trained on
-real Fashion-MNIST only, test accuracy {clf_acc}. Accuracy = fraction of the class-conditional samples
-(equally many per class) that it assigns to the requested class; FCD = Fréchet distance of its 128-d
-features between the samples and the 10,000 real test images (lower is better; real training
-images score about 4; FCD grows as the sample count shrinks, so compare it within one budget). Guidance scale {a.cfg_scale} (all channels), DDIM (eta 0), linspace
-spacing, Picard iterations, seed {a.seed}.
+{chr(10).join(found)}
 
-| budget: DiT steps (block evals) | sampler | samples | steps x iterations | accuracy | FCD |
+Verdicts need every metric of both feature spaces to agree (`figures/RESULTS.md` explains the rule
+and why the feature spaces disagree here). Judge: `fmnist-classifier.safetensors` (`CLASSIFIER.md`),
+test accuracy {classifier_meta().get('test_accuracy')}.
+
+| budget (DiT steps) | model | steps | class accuracy | FCD (classifier features) | FD (pixel PCA) |
 |---|---|---|---|---|---|
-{rows}
+{table}
 
-![FPDM samples](fpdm-samples.png)
-![DiT samples](dit-samples.png)
+![FPDM samples]({figures}/fpdm-fm-m-samples.png)
+![DiT samples]({figures}/dit-fm-m-samples.png)
+![DiT-16 samples]({figures}/dit16-fm-m-samples.png)
 
-(FPDM at the budget of 20 DiT steps, then DiT at 20 steps; one column per class.)
+(Each at {PAPER_BUDGET} DiT-FM-M steps of compute, FPDM by the timestep-smoothing rule; one column per class.)
 """
     path.write_text(text)
 
 
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--first-sitting", type=int, nargs=2, default=(2128, 2912), metavar=("FPDM_STEPS", "DIT_STEPS"),
+                   help="steps at the end of the shipped checkpoints' first training sitting (their logs)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample grids")
+    p.add_argument("--no-samples", action="store_true", help="keep the existing sample grids")
+    a = p.parse_args(argv)
+    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    figures = ROOT / "figures" / "model_card"
+    figures.mkdir(parents=True, exist_ok=True)
+    meta = {}
+    for kind, stem in FILES.items():
+        ck = load_checkpoint(CHECKPOINT_DIR / f"{stem}.safetensors")
+        meta[kind] = {**ck.meta, "parameters": count_parameters(ck.model_config)}
+    bench = json.loads((ROOT / "figures" / "bench" / "headline.json").read_text())
+    training_curves(figures / "training-curves.png")
+    if not a.no_samples:
+        sample_grids(figures, a.seed)
+    write_card(CHECKPOINT_DIR / "MODEL_CARD.md", meta, bench, tuple(a.first_sitting), "../figures/model_card")
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
