@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from . import cli
 from .checkpoints import CHECKPOINT_DIR, CheckpointError, atomic_save
 
 CLASSIFIER_PATH = CHECKPOINT_DIR / "fmnist-classifier.safetensors"
@@ -371,8 +372,8 @@ def _evaluate_command(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .sample import add_sampler_args
 
-    p = argparse.ArgumentParser(prog="python -m fpdm_core.metrics", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog="python -m fpdm_core.metrics", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     fmt = argparse.ArgumentDefaultsHelpFormatter
     t = sub.add_parser("train-classifier", help="train the Fashion-MNIST judge", formatter_class=fmt)
@@ -415,8 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(a.threads)
         return _evaluate_command(a, a.parser)
     except (FileNotFoundError, CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cli.fail(e)
 
 
 if __name__ == "__main__":
