@@ -43,7 +43,7 @@ CHECKPOINT_NAME = "checkpoint.safetensors"
 @dataclass
 class TrainConfig:
     model: str = "FPDM-FM-S"
-    model_overrides: dict = field(default_factory=dict)  # ModelConfig fields replacing the preset's, e.g. {"pre_depth": 2}
+    model_overrides: dict = field(default_factory=dict)  # ModelConfig fields replacing the preset's: {"pre_depth": 2}
     timestep_cond_pre_post: bool = False
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
@@ -97,7 +97,8 @@ class TrainConfig:
                 allowed = sorted(set(ModelConfig.__dataclass_fields__) - set(DATA_FIELDS))
                 raise ValueError(f"model override {key!r} is not allowed; choose from {allowed}")
             default = getattr(preset, key)
-            kind = {bool: (bool, "true or false"), int: (int, "an integer"), float: ((int, float), "a number")}[type(default)]
+            kinds = {bool: (bool, "true or false"), int: (int, "an integer"), float: ((int, float), "a number")}
+            kind = kinds[type(default)]
             if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, kind[0]):
                 raise ValueError(f"model override {key}={value!r} must be {kind[1]}")
         return replace(preset, **self.model_overrides)  # ModelConfig checks the values

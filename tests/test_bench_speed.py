@@ -38,7 +38,8 @@ def test_sampling_rows_measure_both_precisions_side_by_side(tiny):
         assert 0 < c["image_mean_abs_diff"] <= c["image_max_abs_diff"]  # bf16 rounds differently
     fpdm = next(c for c in comparisons if c["kind"] == "fpdm")
     assert len(fpdm["residual_fp32"]) == len(fpdm["residual_bf16"]) == budgets[0]  # one value per step
-    assert fpdm["residual_max_abs_diff"] == max(abs(a - b) for a, b in zip(fpdm["residual_fp32"], fpdm["residual_bf16"]))
+    diffs = [abs(a - b) for a, b in zip(fpdm["residual_fp32"], fpdm["residual_bf16"])]
+    assert fpdm["residual_max_abs_diff"] == max(diffs)
     assert next(c for c in comparisons if c["kind"] == "dit")["residual_max_abs_diff"] is None
 
 
@@ -66,5 +67,6 @@ def test_a_failing_backend_is_reported_not_raised(tiny, monkeypatch):
 
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: setattr(self, "forward", broken.__get__(self)))
     rows = speed.measure_compile(ctx, {"dit": models["dit"]}, models["dit"].config.depth)
-    assert rows == [{"kind": "dit", "backend": "aot_eager", "compiled": "every transformer block", "budget_dit_steps": 2,
-                     "batch": ctx.scale.sample_batch, "precision": "fp32", "error": "RuntimeError: no C++ compiler"}]
+    assert rows == [{"kind": "dit", "backend": "aot_eager", "compiled": "every transformer block",
+                     "budget_dit_steps": 2, "batch": ctx.scale.sample_batch, "precision": "fp32",
+                     "error": "RuntimeError: no C++ compiler"}]
