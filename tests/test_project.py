@@ -104,3 +104,11 @@ def test_pytest_command_parser_strips_prompts_and_comments():
     text = "$ python3 -m pytest  -q   # quick\n# pytest in a comment\npip install x\n"
     assert pytest_command_lines(text) == ["python3 -m pytest -q"]
     assert fenced_blocks("a\n```bash\nx && python3 -m pytest\n```\nb\n") == ["x && python3 -m pytest\n"]
+
+
+def test_readme_findings_are_the_committed_benchmark_results():
+    from fpdm_core.bench import BENCHMARKS, readme
+
+    text = (ROOT / "README.md").read_text()
+    expected = readme.block(ROOT / "figures", BENCHMARKS)
+    assert expected in text, "README's findings block is stale: run `python -m fpdm_core.bench report`"

@@ -17,6 +17,7 @@ import torch
 
 from . import BENCHMARKS
 from .harness import SCALES, Context, jsonable
+from . import readme
 from .report import write_report
 
 
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     if a.command == "report":
         write_report(out, BENCHMARKS)
+        readme.sync(out, BENCHMARKS)
         return 0
     from ..devices import pick_device
 
@@ -111,4 +113,5 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
     if a.command == "all":
         write_report(out, BENCHMARKS)
+        readme.sync(out, BENCHMARKS)
     return 2 if failed else 0
