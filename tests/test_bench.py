@@ -162,7 +162,7 @@ def test_ablations(bench_out):
     for c in comps:
         assert c["n"] == 40 and len(c["per_seed_diff"]) == 2 and c["ci"][0] <= c["diff"] <= c["ci"][1]
     # 3 training steps: near chance, so every comparison is underpowered (and the report says smoke)
-    assert all(ablations.judge(c)[0] == "inconclusive (underpowered)" for c in comps)
+    assert all(ablations.judge(c, rows)[0] == "inconclusive (underpowered)" for c in comps)
     assert all(c["verdict"] == harness.SMOKE for c in comps)  # the JSON says so too
 
 
@@ -214,28 +214,40 @@ def test_report_skips_missing_results(tmp_path):
     assert "Not run yet: `python -m fpdm_core.bench memory`" in text
 
 
-def _comparison(ci, min_accuracy=0.8, n=1000, per_seed=(0.05, 0.04)):
+def _comparison(ci, per_seed=(0.05, 0.04), n=1000):
     return {"claim": "x", "better": "a", "other": "b", "metric": "accuracy", "diff": sum(ci) / 2, "ci": list(ci),
-            "n": n, "per_seed_diff": list(per_seed), "min_accuracy": min_accuracy}
+            "n": n, "per_seed_diff": list(per_seed)}
 
 
-@pytest.mark.parametrize("ci,min_acc,n,per_seed,status", [
-    ((0.02, 0.08), 0.8, 1000, (0.05, 0.04), "reproduced"),
-    ((-0.08, -0.02), 0.8, 1000, (-0.05, -0.04), "not reproduced"),
-    ((-0.01, 0.05), 0.8, 1000, (0.03, 0.01), "inconclusive"),  # the interval overlaps zero
-    ((0.02, 0.08), 0.8, 1000, (0.09, -0.01), "inconclusive"),  # the seeds disagree
-    ((-0.08, -0.02), 0.12, 1000, (-0.05, -0.04), "inconclusive (underpowered)"),  # a model near chance
-    ((0.02, 0.08), 0.8, 50, (0.05, 0.04), "inconclusive (underpowered)"),  # too few samples
+def _runs(acc_a=0.8, acc_b=0.7, lo_b=0.65, steps=(100, 100, 100, 100), target=100):
+    return [{"variant": v, "accuracy": acc, "accuracy_ci": [lo, acc + 0.05], "steps": st, "target_steps": target}
+            for (v, acc, lo), st in zip([("a", acc_a, acc_a - 0.05)] * 2 + [("b", acc_b, lo_b)] * 2, steps)]
+
+
+@pytest.mark.parametrize("ci,per_seed,n,runs,status", [
+    ((0.02, 0.08), (0.05, 0.04), 1000, _runs(), "reproduced"),
+    ((-0.08, -0.02), (-0.05, -0.04), 1000, _runs(), "not reproduced"),
+    ((-0.01, 0.05), (0.03, 0.01), 1000, _runs(), "inconclusive"),  # the interval overlaps zero
+    ((0.02, 0.08), (0.09, -0.01), 1000, _runs(), "inconclusive"),  # the seeds disagree
+    ((0.3, 0.5), (0.4, 0.4), 1000, _runs(acc_b=0.12, lo_b=0.09), "inconclusive (underpowered)"),  # b near chance
+    ((0.3, 0.5), (0.4, 0.4), 1000, _runs(acc_b=0.27, lo_b=0.23), "reproduced"),  # b weak, but clearly above chance
+    ((0.0, 0.1), (0.05, 0.05), 1000, _runs(0.25, 0.2, 0.15), "inconclusive (underpowered)"),  # nobody learned enough
+    ((0.02, 0.08), (0.05, 0.04), 50, _runs(), "inconclusive (underpowered)"),  # too few samples
+    ((0.02, 0.08), (0.05, 0.04), 1000, _runs(steps=(60, 61, 70, 72)), "reproduced"),  # equal time: all capped
+    ((0.02, 0.08), (0.05, 0.04), 1000, _runs(steps=(60, 61, 100, 100)), "inconclusive"),  # mixed design
 ])
-def test_ablation_verdict_rule(ci, min_acc, n, per_seed, status):
-    assert ablations.judge(_comparison(ci, min_acc, n, per_seed))[0] == status
+def test_ablation_verdict_rule(ci, per_seed, n, runs, status):
+    got, why = ablations.judge(_comparison(ci, per_seed, n), runs)
+    assert got == status
+    if runs[0]["steps"] < 100 and status == "reproduced":
+        assert why.startswith("equal training time")
 
 
 def test_smoke_results_give_no_verdict():
     c = _comparison((0.02, 0.08))
-    d = {"mode": "full", "results": {"comparisons": [c], "rows": [
-        {"variant": v, "steps_per_s": 1.0, "worst_case_memory_bytes": 1e6} for v in (ablations.BASELINE,
-                                                                                       "full backprop")]}}
+    rows = [{**r, "steps_per_s": 1.0, "worst_case_memory_bytes": 1e6} for r in _runs()]
+    rows += [{**rows[0], "variant": v} for v in (ablations.BASELINE, "full backprop")]
+    d = {"mode": "full", "results": {"comparisons": [c], "rows": rows}}
     assert report.judged(ablations, d)[0]["status"] == "reproduced"
     for mode in harness.SMOKE_MODES:
         found = report.judged(ablations, {**d, "mode": mode})
@@ -259,7 +271,7 @@ def test_convergence_verdicts_from_residuals():
 
 
 def test_quality_verdict_on_a_paired_interval():
-    rows = [{"variant": v, "budget_dit_steps": 20, "fcd": 1.0, "accuracy": acc}
+    rows = [{"variant": v, "budget_dit_steps": 20, "fcd": 1.0, "accuracy": acc, "accuracy_ci": [acc - 0.05, acc + 0.05]}
             for v, acc in ((quality.HEADLINE, 0.8), ("DiT", 0.7))]
     comp = {"claim": quality.COMPARISONS[0][0], "better": quality.HEADLINE, "baseline": "DiT",
             "budget_dit_steps": 20, "budget": 160, "metric": "accuracy", "diff": 0.1, "ci": [0.05, 0.15], "n": 1000}

@@ -18,7 +18,7 @@ import torch
 
 from .harness import SMOKE, SMOKE_MODES, MiB, Context, finding, log, mib, pyplot, save_figure, write_result
 from .memory import estimate_step_memory
-from .scoring import MIN_ACCURACY, MIN_N, powered
+from .scoring import CHANCE, MIN_ACCURACY, MIN_N, power_problem
 
 NAME = "ablations"
 TITLE = "Ablations (equal training steps, 2 seeds)"
@@ -128,10 +128,7 @@ def compare(runs: dict[tuple[str, int], dict], better: str, other: str, seeds: l
     b = np.concatenate([runs[other, s]["correct"] for s in seeds]).astype(float)
     diff, lo, hi = paired_diff_ci(a, b)
     per_seed = [float(runs[better, s]["correct"].mean() - runs[other, s]["correct"].mean()) for s in seeds]
-    accuracies = [runs[v, s]["row"]["accuracy"] for v in (better, other) for s in seeds]
-    return {"metric": "accuracy", "diff": diff, "ci": [lo, hi], "n": len(a), "per_seed_diff": per_seed,
-            "min_accuracy": min(accuracies), "steps": {v: [runs[v, s]["row"]["steps"] for s in seeds]
-                                                       for v in (better, other)}}
+    return {"metric": "accuracy", "diff": diff, "ci": [lo, hi], "n": len(a), "per_seed_diff": per_seed}
 
 
 def run(ctx: Context) -> Path:
@@ -146,11 +143,11 @@ def run(ctx: Context) -> Path:
         log(f"ablations: {r['variant']} seed {r['seed']}: {r['steps']} steps in {r['seconds']:.0f} s, "
             f"accuracy {r['accuracy']:.3f}")
     seeds = [ctx.seed + s for s in sc.abl_seeds]
+    rows = [d["row"] for d in done]
     comparisons = [{"claim": claim, "better": better, "other": other, **compare(runs, better, other, seeds)}
                    for claim, better, other in COMPARISONS]
     for c in comparisons:  # for readers of the JSON; the report judges the numbers again
-        c["verdict"], c["why"] = (SMOKE, "") if sc.name in SMOKE_MODES else judge(c)
-    rows = [d["row"] for d in done]
+        c["verdict"], c["why"] = (SMOKE, "") if sc.name in SMOKE_MODES else judge(c, rows)
     plot(ctx, rows)
     settings = {"model": sc.abl_model, "steps_each": sc.abl_steps, "minutes_cap": specs[0]["minutes"],
                 "batch": sc.abl_batch, "seeds": seeds, "precision": ctx.precision, "device": str(ctx.device),
@@ -160,7 +157,7 @@ def run(ctx: Context) -> Path:
                               f"in every run",
                 "intervals": "95% paired bootstrap over images pooled across seeds (stats.py); per-seed "
                              "differences show the seed-to-seed spread",
-                "min_n": MIN_N, "min_accuracy": MIN_ACCURACY,
+                "min_n": MIN_N, "min_accuracy": MIN_ACCURACY, "chance": CHANCE,
                 "memory": "analytic worst-case step (16 B/param + saved activations, meta device); CUDA: peak "
                           "allocated during training"}
     return write_result(ctx, NAME, settings, {"rows": rows, "comparisons": comparisons}, started)
@@ -207,19 +204,25 @@ def plot(ctx: Context, rows: list[dict]) -> None:
     save_figure(ctx, NAME, fig)
 
 
-def judge(c: dict) -> tuple[str, str]:
-    """(status, why) of one comparison: the CI rule, underpowered near chance, and seeds that must agree."""
+def judge(c: dict, rows: list[dict]) -> tuple[str, str]:
+    """(status, why) of one comparison: the CI rule; underpowered near chance or with few samples; seeds that
+    must agree; a design that must be equal steps (every run reached its target) or equal time (the cap ended
+    every run)."""
     from ..stats import verdict
 
-    status = verdict(*c["ci"], higher_is_better=True, powered=powered(c["n"], c["min_accuracy"]))
-    if status == "inconclusive (underpowered)":
-        return status, (f"a model is below {MIN_ACCURACY} accuracy (lowest {c['min_accuracy']:.2f}) or "
-                        f"n = {c['n']} < {MIN_N}")
-    signs = {np.sign(d) for d in c["per_seed_diff"]}
-    if status in ("reproduced", "not reproduced") and len(signs) > 1:
-        return "inconclusive", "the seeds disagree in sign"
-    steps = {n for v in c.get("steps", {}).values() for n in v}
-    return status, f"unequal training: {c['steps']} steps (the time cap ended some runs)" if len(steps) > 1 else ""
+    runs = [r for r in rows if r["variant"] in (c["better"], c["other"])]
+    problem = power_problem(c["n"], [r["accuracy"] for r in runs], [r["accuracy_ci"][0] for r in runs])
+    status = verdict(*c["ci"], higher_is_better=True, powered=not problem)
+    if problem:
+        return status, problem
+    capped = [r["steps"] < r["target_steps"] for r in runs]
+    steps = ", ".join(f"{r['variant']} {r['steps']}" for r in runs)
+    if any(capped) and not all(capped):
+        return "inconclusive", f"some runs stopped at the time cap and others did not ({steps} steps)"
+    design = f"equal training time: the time cap ended every run ({steps} steps)" if all(capped) else "equal steps"
+    if status in ("reproduced", "not reproduced") and len({np.sign(d) for d in c["per_seed_diff"]}) > 1:
+        return "inconclusive", f"{design}; the seeds disagree in sign"
+    return status, design
 
 
 def verdicts(data: dict) -> list[dict]:
@@ -230,13 +233,13 @@ def verdicts(data: dict) -> list[dict]:
                 for claim, _, _ in COMPARISONS]
     out = []
     for c in comps:
-        status, why = judge(c)
+        status, why = judge(c, data["results"]["rows"])
         lo, hi = c["ci"]
         out.append(finding(status, c["claim"],
                            f"{c['better']} minus {c['other']}: accuracy {c['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}] (95% "
                            f"CI, paired, n = {c['n']}; per seed "
                            f"{', '.join(f'{d:+.3f}' for d in c['per_seed_diff'])})"
-                           + (f"; {why}" if why else "") + f": {status}."))
+                           + f"; {why}: {status}."))
     rows = data["results"]["rows"]
     mem = {v: max(r["worst_case_memory_bytes"] for r in rows if r["variant"] == v) for v in (BASELINE, "full backprop")}
     speed = {v: np.mean([r["steps_per_s"] for r in rows if r["variant"] == v]) for v in mem}

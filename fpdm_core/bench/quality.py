@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .harness import PAPER, Context, finding, load_checkpoint_model, load_judge, log, pyplot, save_figure, write_result
-from .scoring import MIN_ACCURACY, MIN_N, paired_accuracy, powered, sample_and_score, summary
+from .scoring import CHANCE, MIN_ACCURACY, MIN_N, paired_accuracy, power_problem, sample_and_score, summary
 
 NAME = "quality"
 TITLE = "Quality under a sampling budget"
@@ -99,7 +99,7 @@ def run(ctx: Context) -> Path:
                 "sampler": f"SamplerConfig defaults (EMA weights): {SamplerConfig().to_dict()}",
                 "classifier": str(ctx.classifier_path or metrics.CLASSIFIER_PATH), "headline_variant": HEADLINE,
                 "intervals": "95% percentile bootstrap (stats.py); comparisons paired by label and seed",
-                "min_n": MIN_N, "min_accuracy": MIN_ACCURACY}
+                "min_n": MIN_N, "min_accuracy": MIN_ACCURACY, "chance": CHANCE}
     return write_result(ctx, NAME, settings, {"rows": rows, "comparisons": comparisons, "reference": reference},
                         started)
 
@@ -150,8 +150,9 @@ def judge_comparison(c: dict, rows: list[dict]) -> str:
     """stats.verdict on one paired comparison; underpowered when n is small or a model is near chance."""
     from ..stats import verdict
 
-    accs = [_row(rows, v, c["budget_dit_steps"])["accuracy"] for v in (c["better"], c["baseline"])]
-    return verdict(*c["ci"], higher_is_better=True, powered=powered(c["n"], *accs))
+    pair = [_row(rows, v, c["budget_dit_steps"]) for v in (c["better"], c["baseline"])]
+    problem = power_problem(c["n"], [r["accuracy"] for r in pair], [r["accuracy_ci"][0] for r in pair])
+    return verdict(*c["ci"], higher_is_better=True, powered=not problem)
 
 
 def verdicts(data: dict) -> list[dict]:

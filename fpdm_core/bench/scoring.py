@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-MIN_ACCURACY = 0.3  # class accuracy (chance 0.1) that a model must reach for its comparisons to be powered
+CHANCE = 0.1  # class accuracy of guessing among the ten classes
+MIN_ACCURACY = 0.3  # the best model of a comparison must reach this (trained long enough to learn something)
 MIN_N = 200  # samples per point below which a comparison is underpowered
 
 
@@ -77,6 +78,13 @@ def paired_accuracy(a: Scored, b: Scored) -> dict:
     return {"metric": "accuracy", "diff": diff, "ci": [lo, hi], "n": len(a.correct)}
 
 
-def powered(n: int, *accuracies: float) -> bool:
-    """Enough samples, and every model clearly above chance."""
-    return n >= MIN_N and all(a is not None and a >= MIN_ACCURACY for a in accuracies)
+def power_problem(n: int, accuracies: list[float], lows: list[float]) -> str:
+    """Why a comparison cannot decide ("" when it can): n below MIN_N, a model not clearly above chance
+    (the lower end of its accuracy interval at or below CHANCE), or no model reaching MIN_ACCURACY."""
+    if n < MIN_N:
+        return f"n = {n} < {MIN_N}"
+    if min(lows) <= CHANCE:
+        return f"a model is not clearly above chance (accuracy interval down to {min(lows):.2f}; chance {CHANCE})"
+    if max(accuracies) < MIN_ACCURACY:
+        return f"no model reaches {MIN_ACCURACY} accuracy (best {max(accuracies):.2f})"
+    return ""
