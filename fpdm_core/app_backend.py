@@ -128,7 +128,7 @@ class Settings:
     seed: int = 0
     num_images: int = 10
     method: str = SAMPLER_DEFAULTS.method
-    precision: str = "auto"  # bf16 where the hardware multiplies it natively (fpdm_core.devices)
+    precision: str = "auto"  # bf16 on CUDA GPUs with bf16 and on CPUs with AMX, else fp32 (fpdm_core.devices)
 
     def __post_init__(self):
         _choice("budget_mode", self.budget_mode, BUDGET_MODES)

@@ -62,7 +62,7 @@ def _ci(m: dict, fmt: str) -> str:
 
 
 def write_card(path: Path, meta: dict, bench: dict, first_sitting: tuple[int, int], figures: str) -> None:
-    r, (method, cfg_scale, n, budgets) = bench["results"], bench["settings"]["conditions"][0]
+    r, (method, cfg_scale, n, _) = bench["results"], bench["settings"]["conditions"][0]
     rows = [x for x in r["rows"] if x["method"] == method and x["cfg_scale"] == cfg_scale and "skipped" not in x]
     table = "\n".join(f"| {x['budget_dit_steps']} | {x['variant']} | {x['steps']} | {_ci(x['metrics']['accuracy'], '.3f')} | "
                       f"{_ci(x['metrics']['fcd'], '.1f')} | {_ci(x['metrics']['fd_pixel'], '.2f')} |"

@@ -112,3 +112,14 @@ def test_readme_findings_are_the_committed_benchmark_results():
     text = (ROOT / "README.md").read_text()
     expected = readme.block(ROOT / "figures", BENCHMARKS)
     assert expected in text, "README's findings block is stale: run `python -m fpdm_core.bench report`"
+
+
+def test_ruff_finds_nothing():
+    """`ruff check` (rules in pyproject.toml: pyflakes and syntax errors) over the whole tree, notebooks included."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("ruff", reason="ruff is a dev requirement: `pip install -r requirements.txt`")
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format", "concise", str(ROOT)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fpdm_core.checkpoints import CHECKPOINT_DIR, SHIPPED, load_checkpoint, load_model
+from fpdm_core.checkpoints import SHIPPED, load_checkpoint, load_model
 from fpdm_core.diffusion import GaussianDiffusion
 from fpdm_core.models import DiT, FPDM
 from fpdm_core.sampling import SamplerConfig, sample

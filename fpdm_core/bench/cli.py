@@ -47,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
         s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
         s.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                       help="training precision in speed and ablations; sampling is float32 (default: auto = bf16 "
-                            "where the device has fast bf16)")
+                       help="training precision in speed and ablations; sampling follows SamplerConfig (fp32) "
+                            "(default: auto = bf16 on CUDA GPUs with bf16 and on CPUs with AMX, else fp32)")
         s.add_argument("--fpdm", default=None, help="FPDM checkpoint (default: the shipped one)")
         s.add_argument("--dit", default=None, help="DiT checkpoint (default: the shipped one)")
         s.add_argument("--dit-deep", default=None,

@@ -65,7 +65,7 @@ class Scale:
 
 
 _SHIPPED_SIZE = dict(fpdm="FPDM-FM-M", dit="DiT-FM-M", mem_batch=128, mem_sweep=(1, 3, 6, 12), mem_extras=True,
-                     mem_jobs=1, train_batch=128, speed_budgets=(5, 20), matmul_sizes=(1024, 2048),
+                     mem_jobs=1, train_batch=128, speed_budgets=(5, 10, 20), matmul_sizes=(1024, 2048),
                      dataset="fashion-mnist", data_subset=None)
 SCALES = {
     "full": Scale("full", repeats=5, **_SHIPPED_SIZE, mem_paper=True, mem_wide=None,

@@ -128,7 +128,7 @@ def run(ctx: Context) -> Path:
                    "best_splits_from": "landscape.json" if best else None}
         settings = {**st, "conditions": list(done), "seed_set": "report", "seed": ctx.seed,
                     "sampler": SamplerConfig().to_dict(), "verdict_metrics": list(VERDICT_METRICS)}
-        path = write_result(ctx, NAME, settings, results, started)  # after every condition: a cut-short run keeps them
+        write_result(ctx, NAME, settings, results, started)  # after every condition: a cut-short run keeps them
     plot(ctx, json.loads(result_path(ctx.out, NAME).read_text()))
     draw_examples(ctx, models, best, depth)
     return result_path(ctx.out, NAME)
