@@ -199,6 +199,16 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+def shape_mismatch(want: dict[str, tuple[int, ...]], have: dict[str, tuple[int, ...]]) -> str | None:
+    """None when `have` has exactly the names and shapes of `want`, else what differs, in words."""
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing or extra:
+        return (f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected "
+                f"{extra[:3]}{'...' if len(extra) > 3 else ''}")
+    bad = next((k for k in want if tuple(have[k]) != tuple(want[k])), None)
+    return None if bad is None else f"{bad} has shape {_shape(have[bad])}, the config needs {_shape(want[bad])}"
+
+
 def check_weight_shapes(config: ModelConfig, shapes: dict[str, tuple[int, ...]], where: str) -> None:
     """Every weight group in `shapes` (file names) has exactly the tensors and shapes `config` needs.
 
@@ -220,16 +230,9 @@ def check_weight_shapes(config: ModelConfig, shapes: dict[str, tuple[int, ...]],
         if values != need:
             raise CheckpointError(f"{where}: the weights do not match the stored model config: the {group} weights "
                                   f"hold {values:,} values, the config needs {need:,}")
-        want = expected_shapes(config)
-        missing, extra = sorted(set(want) - set(names)), sorted(set(names) - set(want))
-        if missing or extra:
-            raise CheckpointError(f"{where}: the {group} weights do not match the stored model config "
-                                  f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected "
-                                  f"{extra[:3]}{'...' if len(extra) > 3 else ''})")
-        for k, shape in want.items():
-            if names[k] != shape:
-                raise CheckpointError(f"{where}: the weights do not match the stored model config: {group}.{k} has "
-                                      f"shape {_shape(names[k])}, the config needs {_shape(shape)}")
+        problem = shape_mismatch(expected_shapes(config), names)
+        if problem:
+            raise CheckpointError(f"{where}: the {group} weights do not match the stored model config: {problem}")
 
 
 def read_header(path: str | Path) -> tuple[dict, dict[str, tuple[int, ...]]]:

@@ -35,7 +35,7 @@ import torch
 from safetensors import SafetensorError
 
 from . import cli
-from .checkpoints import CheckpointError, expected_shapes, load_checkpoint, save_checkpoint
+from .checkpoints import CheckpointError, expected_shapes, load_checkpoint, save_checkpoint, shape_mismatch
 from .models import DiT, FPDM, LIMITS, ModelConfig, build_model, sincos_pos_embed_2d
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / accelerate, torch.compile
@@ -289,16 +289,9 @@ def _config(**fields) -> ModelConfig:
 
 def _check_shapes(state: dict[str, torch.Tensor], config: ModelConfig) -> None:
     """Every tensor the config needs is in `state` with its shape, and nothing else (meta build, no allocation)."""
-    want = expected_shapes(config)
-    missing, extra = sorted(set(want) - set(state)), sorted(set(state) - set(want))
-    if missing or extra:
-        raise InteropError(f"the weights do not fit the inferred {config.kind} config {config.to_dict()}: missing "
-                           f"{missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected "
-                           f"{extra[:3]}{'...' if len(extra) > 3 else ''}")
-    bad = next((k for k in want if tuple(state[k].shape) != want[k]), None)
-    if bad is not None:
-        raise InteropError(f"the weights do not fit the inferred {config.kind} config: {bad} has shape "
-                           f"{tuple(state[bad].shape)}, the config needs {want[bad]}")
+    problem = shape_mismatch(expected_shapes(config), {k: tuple(v.shape) for k, v in state.items()})
+    if problem:
+        raise InteropError(f"the weights do not fit the inferred {config.kind} config: {problem}")
 
 
 def _sigma_rows(t: torch.Tensor, patch: int, keep: int) -> torch.Tensor:
