@@ -69,6 +69,7 @@ class TrainingRun:
     final_loss: float | None
     precision: str
     device: str
+    batch_size: int
 
 
 def training_run(kind: str, folder: str | Path = CHECKPOINT_DIR) -> TrainingRun | None:
@@ -81,7 +82,8 @@ def training_run(kind: str, folder: str | Path = CHECKPOINT_DIR) -> TrainingRun 
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
     device = "CPU" if "+cpu" in meta.get("torch", "") else meta.get("train", {}).get("device", "unknown device")
     return TrainingRun(meta["train"]["model"], int(meta["step"]), float(meta.get("elapsed_s", 0.0)) / 60,
-                       rows[-1]["loss"] if rows else None, meta.get("precision", "fp32"), device)
+                       rows[-1]["loss"] if rows else None, meta.get("precision", "fp32"), device,
+                       int(meta["train"]["batch_size"]))
 
 
 # ----------------------------------------------------------------------------- toy fixed-point problems
