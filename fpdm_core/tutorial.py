@@ -9,7 +9,8 @@
 - `live_figure`: ipywidgets controls that redraw a figure in place; a saved notebook keeps the
   picture for the default values and a sentence instead of a widget repr.
 - Reading committed results: training time from `checkpoints/*.metrics.jsonl`, bench JSON with
-  "not yet measured" for missing keys, and `check_reference` for the notebooks' reference numbers.
+  "not yet measured" for missing keys, `headline_summary` (the headline benchmark's table and verdicts), and
+  `check_reference` for the notebooks' reference numbers.
 """
 from __future__ import annotations
 
@@ -450,6 +451,42 @@ def dig(data, *keys, default=None):
 def fmt(value, spec: str = "", missing: str = MISSING) -> str:
     """format(value, spec), or `missing` for None."""
     return missing if value is None else format(value, spec)
+
+
+HEADLINE_VARIANTS = ("DiT", "FPDM, smoothing rule", "FPDM, best split", "DiT-16")
+HEADLINE_PAIRS = (("FPDM, best split", "DiT"), ("FPDM, smoothing rule", "DiT"), ("FPDM, best split", "DiT-16"))
+
+
+def _with_ci(m: dict | None, spec: str) -> str:
+    return MISSING if not m or m.get("value") is None else f"{m['value']:{spec}} [{m['lo']:{spec}}, {m['hi']:{spec}}]"
+
+
+def headline_summary(data: dict) -> dict:
+    """The headline condition (the first of `settings.conditions`) of a headline.json.
+
+    Returns {"condition": (method, cfg_scale, n), "rows": {(variant, budget): row}, "verdicts": {(a, b): {budget:
+    {metric: verdict}}} (fpdm_core.bench.headline.judge, powered as the benchmark says), "table": markdown with,
+    per budget, accuracy and FCD (95% CIs) of every variant and the overall verdict on each `a beats b`}.
+    """
+    from .bench import headline
+
+    r, (method, cfg_scale, n, _) = data["results"], data["settings"]["conditions"][0]
+    here = [x for x in r["rows"] + r["comparisons"] if x["method"] == method and x["cfg_scale"] == cfg_scale]
+    rows = {(x["variant"], x["budget_dit_steps"]): x for x in here if "variant" in x and "skipped" not in x}
+    verdicts = {pair: {} for pair in HEADLINE_PAIRS}
+    for c in here:
+        if (c.get("a"), c.get("b")) in verdicts:
+            verdicts[c["a"], c["b"]][c["budget_dit_steps"]] = headline.judge(c, r["metrics"], headline.is_powered(c, data))
+    lines = ["| budget (DiT steps) | " + " | ".join(HEADLINE_VARIANTS) + " | "
+             + " | ".join(f"{a} beats {b}?" for a, b in HEADLINE_PAIRS) + " |",
+             "|---" * (1 + len(HEADLINE_VARIANTS) + len(HEADLINE_PAIRS)) + "|"]
+    for k in sorted({k for _, k in rows}):
+        cells = [(f"acc {_with_ci(dig(rows, (v, k), 'metrics', 'accuracy'), '.3f')}<br>"
+                  f"FCD {_with_ci(dig(rows, (v, k), 'metrics', 'fcd'), '.0f')}") if (v, k) in rows else MISSING
+                 for v in HEADLINE_VARIANTS]
+        cells += [headline.overall(verdicts[p][k]) if k in verdicts[p] else MISSING for p in HEADLINE_PAIRS]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return {"condition": (method, cfg_scale, n), "rows": rows, "verdicts": verdicts, "table": "\n".join(lines)}
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
