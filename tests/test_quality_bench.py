@@ -78,3 +78,20 @@ def test_smoothing_default_follows_the_committed_landscape():
         pytest.skip("the committed landscape is a smoke run: nothing to follow")
     best = landscape.best_min_iterations(d["results"]["rules"], d["settings"]["rules"])["best"]
     assert SMOOTHING_MIN_ITERATIONS == SamplerConfig().min_iterations == best
+
+
+def test_notebook_headline_summary_agrees_with_the_benchmark_verdicts():
+    import json
+    from pathlib import Path
+
+    from fpdm_core.tutorial import headline_summary
+
+    data = json.loads((Path(__file__).parents[1] / "figures" / "bench" / "headline.json").read_text())
+    s = headline_summary(data)
+    method, cfg_scale, n, budgets = data["settings"]["conditions"][0]
+    assert s["condition"] == (method, cfg_scale, n)
+    assert len(s["table"].splitlines()) == 2 + len(budgets)
+    for c in data["results"]["comparisons"]:
+        if (c["method"], c["cfg_scale"]) == (method, cfg_scale) and (c["a"], c["b"]) in s["verdicts"]:
+            expected = headline.judge(c, data["results"]["metrics"], headline.is_powered(c, data))
+            assert s["verdicts"][c["a"], c["b"]][c["budget_dit_steps"]] == expected
