@@ -271,7 +271,7 @@ def resolve_checkpoint(kind: str, folder: str | Path, choice: str | None = None)
     if name not in listed:
         if name == DEFAULT_NAMES[kind]:
             raise ExploreError(missing_help(kind))
-        raise ExploreError(f"{FIELD_LABELS[key]} {_show(name)} is not one of the checkpoints offered: "
+        raise ExploreError(f"{FIELD_LABELS[key]} {_show(Path(name).name)} is not one of the checkpoints offered: "
                            f"{', '.join(listed) or 'there are none'}")
     return folder / name
 
