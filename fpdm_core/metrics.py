@@ -270,32 +270,28 @@ def evaluate(model, diffusion, sampler_config, *, n: int = 1000, classifier: Fas
     is measured against `real_stats` of the first `real_n` test images. Costs are per image
     (averaged over batches for `adaptive`); `seconds` is the sampling wall time.
     """
-    from .sampling import sample
+    from .sampling import balanced_labels, per_image_costs, sample_many
 
     if n < 2 or batch_size < 1:
         raise ValueError(f"need n >= 2 and batch_size >= 1, got {n} and {batch_size}")
     classifier = classifier if classifier is not None else load_classifier(device=device)
     classifier = classifier.to(device)
     num_classes = model.config.num_classes
-    labels = torch.arange(n) % num_classes if num_classes else torch.zeros(n, dtype=torch.long)  # (n,)
-    images, block_evals, flops, plan = [], 0.0, 0.0, None
+    labels = balanced_labels(n, num_classes)  # (n,)
     start = time.perf_counter()
-    for b, y in enumerate(labels.split(batch_size)):
-        x, record = sample(model, diffusion, y, sampler_config, generator=torch.Generator().manual_seed(seed + b),
-                           device=device)
-        images.append(x.float().cpu())  # (b, C, H, W)
-        block_evals += record.spent_block_evals * len(y)
-        flops += record.spent_flops * len(y)
-        plan = plan or record.plan
+    images, records = sample_many(model, diffusion, labels, sampler_config, seed=seed, batch_size=batch_size,
+                                  device=device)  # (n, C, H, W)
     seconds = time.perf_counter() - start
-    logits, feats = _logits_and_features(classifier, torch.cat(images))  # (n, 10), (n, F)
+    block_evals, flops = per_image_costs(records, n, batch_size)
+    plan = records[0].plan
+    logits, feats = _logits_and_features(classifier, images)  # (n, 10), (n, F)
     accuracy = (logits.argmax(1) == labels).double().mean().item() if num_classes else None
     return {
         "n": n,
         "accuracy": accuracy,
         "fcd": frechet_distance(*_moments(feats.numpy()), *real_stats(classifier, real_n, "test")),
-        "block_evals_per_image": block_evals / n,
-        "flops_per_image": flops / n,
+        "block_evals_per_image": block_evals,
+        "flops_per_image": flops,
         "seconds": seconds,
         "sampler": sampler_config.to_dict(),
         "plan": plan,
@@ -337,7 +333,7 @@ def _evaluate_command(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     from .devices import pick_device
     from .diffusion import GaussianDiffusion
     from .sample import sampler_config_from_args
-    from .sampling import balanced_labels, sample_many
+    from .sampling import balanced_labels, per_image_costs, sample_many
 
     device = pick_device(a.device)
     classifier = load_classifier(a.classifier, device=device)
@@ -351,10 +347,9 @@ def _evaluate_command(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
         start = time.perf_counter()
         images, records = sample_many(model, GaussianDiffusion().to(device), labels, config, seed=a.seed,
                                       batch_size=a.batch_size, device=device)
-        sizes = [len(y) for y in labels.split(a.batch_size)]
+        block_evals, flops = per_image_costs(records, a.n, a.batch_size)
         result = {"checkpoint": str(a.checkpoint), "sampler": config.to_dict(), "seconds": time.perf_counter() - start,
-                  "block_evals_per_image": sum(r.spent_block_evals * k for r, k in zip(records, sizes)) / a.n,
-                  "flops_per_image": sum(r.spent_flops * k for r, k in zip(records, sizes)) / a.n}
+                  "block_evals_per_image": block_evals, "flops_per_image": flops}
     ref = scores.build_reference(classifier, n_fd=a.real_n, n_prdc=min(1000, a.real_n), device=device)
     summary = scores.summarize(scores.score(images.to(device), labels, classifier, ref), ref, n_boot=a.n_boot,
                                seed=a.seed)

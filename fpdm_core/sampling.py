@@ -214,3 +214,10 @@ def sample_many(model, diffusion, labels, config: SamplerConfig = SamplerConfig(
         images.append(x.float().cpu())  # (b, C, H, W)
         records.append(record)
     return torch.cat(images), records
+
+
+def per_image_costs(records: list[SampleRecord], n: int, batch_size: int) -> tuple[float, float]:
+    """(block evaluations, FLOPs) per image over `sample_many`'s batches (they differ under `adaptive`)."""
+    sizes = [min(batch_size, n - i) for i in range(0, n, batch_size)]
+    return (sum(r.spent_block_evals * k for r, k in zip(records, sizes)) / n,
+            sum(r.spent_flops * k for r, k in zip(records, sizes)) / n)

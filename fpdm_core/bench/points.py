@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..diffusion import GaussianDiffusion
-from ..sampling import SamplerConfig, balanced_labels, sample_many
+from ..sampling import SamplerConfig, balanced_labels, per_image_costs, sample_many
 from ..scores import METRICS, Reference, Scores, build_reference, paired_differences, score, summarize
 from .harness import Context, load_judge
 
@@ -45,10 +45,8 @@ class Evaluator:
                                       device=self.ctx.device)
         seconds = time.perf_counter() - start
         s = score(images.to(self.ctx.device), labels, self.classifier, self.ref)
-        sizes = [len(y) for y in labels.split(BATCH)]
-        row = {"n": n, "seed": seed, "seconds": seconds,
-               "block_evals": sum(r.spent_block_evals * k for r, k in zip(records, sizes)) / n,
-               "flops": sum(r.spent_flops * k for r, k in zip(records, sizes)) / n,
+        block_evals, flops = per_image_costs(records, n, BATCH)
+        row = {"n": n, "seed": seed, "seconds": seconds, "block_evals": block_evals, "flops": flops,
                "steps": records[0].plan["steps"], "iterations": records[0].plan["iterations"],
                "metrics": summarize(s, self.ref, n_boot=self.n_boot, seed=seed)}
         row["diagnostics"] = row["metrics"].pop("diagnostics")

@@ -32,23 +32,17 @@ class Scored:
 def sample_and_score(model, diffusion, sampler_config, classifier, *, n: int, seed: int, batch_size: int = 250,
                      device: str | torch.device = "cpu") -> Scored:
     """Sample n class-conditional images and judge each one."""
-    from ..sampling import sample
+    from ..metrics import _logits_and_features
+    from ..sampling import balanced_labels, per_image_costs, sample_many
 
-    num_classes = max(model.config.num_classes, 1)
-    labels = torch.arange(n) % num_classes  # (n,)
-    classifier = classifier.to(device).eval()
-    correct, feats, block_evals, flops = [], [], 0.0, 0.0
+    labels = balanced_labels(n, model.config.num_classes)  # (n,)
     start = time.perf_counter()
-    for b, y in enumerate(labels.split(batch_size)):
-        x, record = sample(model, diffusion, y, sampler_config, generator=torch.Generator().manual_seed(seed + b),
-                           device=device)  # (b, C, H, W)
-        f = classifier.features(x.to(device, torch.float32))  # (b, F)
-        correct.append((classifier.head(f).argmax(1).cpu() == y).numpy())
-        feats.append(f.double().cpu().numpy())
-        block_evals += record.spent_block_evals * len(y)
-        flops += record.spent_flops * len(y)
-    return Scored(labels.numpy(), np.concatenate(correct), np.concatenate(feats), block_evals / n, flops / n,
-                  time.perf_counter() - start)
+    images, records = sample_many(model, diffusion, labels, sampler_config, seed=seed, batch_size=batch_size,
+                                  device=device)  # (n, C, H, W)
+    seconds = time.perf_counter() - start
+    logits, feats = _logits_and_features(classifier.to(device), images)  # (n, 10), (n, F)
+    return Scored(labels.numpy(), (logits.argmax(1) == labels).numpy(), feats.numpy(),
+                  *per_image_costs(records, n, batch_size), seconds)
 
 
 def fcd(features: np.ndarray, reference: tuple[np.ndarray, np.ndarray]) -> float:
