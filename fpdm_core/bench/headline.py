@@ -215,21 +215,24 @@ def overall(per_metric: dict[str, str]) -> str:
 
 
 def verdicts(data: dict) -> list[dict]:
-    """At the headline condition: one finding per comparison and verdict, listing the budgets it holds at."""
-    r, (method, cfg_scale, *_) = data["results"], data["settings"]["conditions"][0]
+    """One finding per comparison and verdict, listing the budgets it holds at: every comparison with DiT at the
+    headline condition (the first), FPDM (best split) vs DiT at the others."""
+    r, conditions = data["results"], data["settings"]["conditions"]
     out = []
-    for a, b in (("FPDM, best split", "DiT"), ("FPDM, smoothing rule", "DiT"), ("FPDM, best split", "DiT-16")):
-        by_verdict: dict[str, list] = {}
-        for c in r["comparisons"]:
-            if c["a"] == a and c["b"] == b and c["method"] == method and c["cfg_scale"] == cfg_scale:
-                per = judge(c, r["metrics"], is_powered(c, data))
-                by_verdict.setdefault(overall(per), []).append((c["budget_dit_steps"], per))
-        for v, items in by_verdict.items():
-            budgets = ", ".join(str(k) for k, _ in items)
-            split = "" if v != "inconclusive" else "; per metric at " + "; ".join(
-                f"{k}: " + ", ".join(f"{m} {w}" for m, w in per.items()) for k, per in items[:3])
-            out.append(finding(v, f"{a} beats {b} ({method.upper()}, guidance {cfg_scale:g}) at budgets (DiT steps): "
-                               f"{budgets}", f"n = {data['settings']['conditions'][0][2]}{split}"))
+    for i, (method, cfg_scale, n, _) in enumerate(conditions):
+        pairs = (("FPDM, best split", "DiT"), ("FPDM, smoothing rule", "DiT"), ("FPDM, best split", "DiT-16"))
+        for a, b in pairs if i == 0 else pairs[:1]:
+            by_verdict: dict[str, list] = {}
+            for c in r["comparisons"]:
+                if c["a"] == a and c["b"] == b and c["method"] == method and c["cfg_scale"] == cfg_scale:
+                    per = judge(c, r["metrics"], is_powered(c, data))
+                    by_verdict.setdefault(overall(per), []).append((c["budget_dit_steps"], per))
+            for v, items in by_verdict.items():
+                budgets = ", ".join(str(k) for k, _ in items)
+                split = "" if v != "inconclusive" else "; per metric at " + "; ".join(
+                    f"{k}: " + ", ".join(f"{m} {w}" for m, w in per.items()) for k, per in items[:3])
+                out.append(finding(v, f"{a} beats {b} ({method.upper()}, guidance {cfg_scale:g}) at budgets "
+                                   f"(DiT steps): {budgets}", f"n = {n}{split}"))
     return out
 
 
