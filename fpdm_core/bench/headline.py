@@ -15,7 +15,8 @@ from pathlib import Path
 from ..checkpoints import load_model
 from ..devices import resolve_precision
 from ..sampling import SamplerConfig, plan_for
-from .harness import Context, finding, load_checkpoint_model, log, pyplot, result_path, save_figure, write_result
+from .harness import (Context, finding, load_checkpoint_model, log, machine_info, pyplot, result_path, save_figure,
+                      write_result)
 from .points import MIN_ACCURACY, Evaluator, metric_info
 
 NAME = "headline"
@@ -90,8 +91,6 @@ def condition_key(method: str, cfg_scale: float) -> str:
 
 
 def run(ctx: Context) -> Path:
-    from .harness import machine_info
-
     started, st = time.perf_counter(), SETTINGS[ctx.scale.name]
     models = _models(ctx)
     best = _best_splits(ctx)
