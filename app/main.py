@@ -29,6 +29,7 @@ from gradio.components.plot import PlotData  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from fpdm_core import app_backend as ab  # noqa: E402
+from fpdm_core import app_landscape as al  # noqa: E402
 from fpdm_core.budget import ALLOCATIONS  # noqa: E402
 from fpdm_core.data import FASHION_MNIST_CLASSES  # noqa: E402
 
@@ -184,8 +185,8 @@ def compare(folder: str, device: str, fpdm_upload, fpdm_choice, weights, compari
 
 def landscape(path: str, metric, budget_mode, steps, iterations, budget, reuse, method, cfg_scale):
     """(landscape plot, answer markdown) for the current controls; no sampling, never raises."""
-    ls, problem = ab.landscape_or_problem(path)
-    fig, text = ab.landscape_for_ui(ls, problem, metric, budget_mode=budget_mode, steps=steps, iterations=iterations,
+    ls, problem = al.landscape_or_problem(path)
+    fig, text = al.landscape_for_ui(ls, problem, metric, budget_mode=budget_mode, steps=steps, iterations=iterations,
                                     budget=budget, reuse=reuse, method=method, cfg_scale=cfg_scale)
     return plot(fig), text
 
@@ -239,10 +240,10 @@ def build_demo(checkpoint_dir: str | Path | None = None, device: str = "cpu",
     """The whole page; `checkpoint_dir` defaults to $FPDM_APP_CHECKPOINT_DIR, else the kit's checkpoints/;
     `landscape_file` to figures/bench/landscape.json."""
     folder = str(ab.checkpoint_dir(checkpoint_dir))
-    landscape_path = str(landscape_file or ab.LANDSCAPE_FILE)
+    landscape_path = str(landscape_file or al.LANDSCAPE_FILE)
     names = ab.list_checkpoints(folder)
     d = ab.Settings()
-    ls, _ = ab.landscape_or_problem(landscape_path)
+    ls, _ = al.landscape_or_problem(landscape_path)
     metric_choices = [(info["label"], name) for name, info in ls.metrics.items()] if ls else []
     with gr.Blocks(title="FPDM explorer", delete_cache=(600, 1800)) as demo:  # cached outputs dropped after 30 min
         fpdm_state = gr.State(None, time_to_live=3600)  # an uploaded FPDM (models in memory, no file kept)

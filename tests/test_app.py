@@ -18,6 +18,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from fpdm_core import app_backend as ab
+from fpdm_core import app_landscape as al
 from fpdm_core.checkpoints import load_checkpoint, save_checkpoint
 from fpdm_core.diffusion import spaced_timesteps
 from fpdm_core.models import build_model
@@ -401,37 +402,37 @@ def test_build_demo_controls_share_the_back_end_limits(ckpt_dir):
 # ----------------------------------------------------------------------------- the landscape
 @pytest.fixture(scope="module")
 def landscape():
-    return ab.load_landscape(LANDSCAPE)
+    return al.load_landscape(LANDSCAPE)
 
 
 def test_landscape_pure_functions(landscape):
-    grid, note = ab.pick_grid(landscape, "ddim", 3.0, True)
+    grid, note = al.pick_grid(landscape, "ddim", 3.0, True)
     assert grid["name"] == "ddim-g3-reuse" and note == ""
-    other, note = ab.pick_grid(landscape, "ddpm", 3.0, True)
+    other, note = al.pick_grid(landscape, "ddpm", 3.0, True)
     assert other["name"] == "ddim-g3-reuse" and "No grid was measured for ddpm" in note
-    assert ab.pick_grid(landscape, "ddim", 3.0, False)[0]["name"] == "ddim-g3-noreuse"
-    cell = ab.find_cell(grid, 10, 3)
-    assert cell["block_evals"] == 10 * (1 + 3 + 1) and ab.find_cell(grid, 20, 6) is None  # a missing cell
-    assert ab.iso_budget_iterations(50, 10, landscape.explicit_blocks) == 3
-    assert ab.iso_budget_iterations(50, 5, 2) == 8
+    assert al.pick_grid(landscape, "ddim", 3.0, False)[0]["name"] == "ddim-g3-noreuse"
+    cell = al.find_cell(grid, 10, 3)
+    assert cell["block_evals"] == 10 * (1 + 3 + 1) and al.find_cell(grid, 20, 6) is None  # a missing cell
+    assert al.iso_budget_iterations(50, 10, landscape.explicit_blocks) == 3
+    assert al.iso_budget_iterations(50, 5, 2) == 8
     within = [c for c in grid["cells"] if c["block_evals"] <= 50]
-    best = ab.best_split(grid, 50, "accuracy", True)
+    best = al.best_split(grid, 50, "accuracy", True)
     assert best["block_evals"] <= 50
     assert best["metrics"]["accuracy"]["value"] == max(c["metrics"]["accuracy"]["value"] for c in within)
-    best_fcd = ab.best_split(grid, 50, "fcd", False)  # lower is better; the null value at (2, 1) is skipped
+    best_fcd = al.best_split(grid, 50, "fcd", False)  # lower is better; the null value at (2, 1) is skipped
     assert best_fcd["metrics"]["fcd"]["value"] == min(c["metrics"]["fcd"]["value"] for c in within
                                                       if c["metrics"]["fcd"]["value"] is not None)
-    assert ab.best_split(grid, 3, "accuracy", True) is None  # below the cheapest cell (2 x (1 + 1 + 1) = 6)
-    dit = ab.dit_at_budget(landscape, 50, "ddim", 3.0, "accuracy")
+    assert al.best_split(grid, 3, "accuracy", True) is None  # below the cheapest cell (2 x (1 + 1 + 1) = 6)
+    dit = al.dit_at_budget(landscape, 50, "ddim", 3.0, "accuracy")
     assert (dit["steps"], dit["block_evals"]) == (6, 48)
-    assert ab.dit_at_budget(landscape, 7, "ddim", 3.0, "accuracy") is None
-    assert ab.current_split(landscape, replace(ab.Settings(), steps=10, iterations=3)) == (10, 3.0, 50)
-    steps, its, budget = ab.current_split(landscape, replace(ab.Settings(), budget_mode=ab.MODE_BUDGET, budget=50))
+    assert al.dit_at_budget(landscape, 7, "ddim", 3.0, "accuracy") is None
+    assert al.current_split(landscape, replace(ab.Settings(), steps=10, iterations=3)) == (10, 3.0, 50)
+    steps, its, budget = al.current_split(landscape, replace(ab.Settings(), budget_mode=ab.MODE_BUDGET, budget=50))
     assert budget == 50 and steps * (its + 2) == pytest.approx(50) and its >= 2
 
 
 def test_landscape_answer_to_ten_steps_by_three(landscape):
-    fig, text = ab.landscape_for_ui(landscape, "", "accuracy", budget_mode=ab.MODE_STEPS, steps=10, iterations=3,
+    fig, text = al.landscape_for_ui(landscape, "", "accuracy", budget_mode=ab.MODE_STEPS, steps=10, iterations=3,
                                     budget=None, reuse=True, method="ddim", cfg_scale=3.0)
     assert "**Your split:** 10 steps x 3 iterations per step = 50 block evaluations" in text
     assert "Measured class accuracy (kit classifier) here: 0.837 (95% CI 0.817-0.857)" in text
@@ -447,7 +448,7 @@ def test_landscape_answer_to_ten_steps_by_three(landscape):
 
 def test_landscape_marker_follows_the_sliders(landscape):
     def marker(**kw):
-        fig, _ = ab.landscape_for_ui(landscape, "", "fcd", **{**dict(budget_mode=ab.MODE_STEPS, steps=10, iterations=3,
+        fig, _ = al.landscape_for_ui(landscape, "", "fcd", **{**dict(budget_mode=ab.MODE_STEPS, steps=10, iterations=3,
                                                                      budget=50, reuse=True, method="ddim",
                                                                      cfg_scale=3.0), **kw})
         return fig.data[-1].x[0], fig.data[-1].y[0]
@@ -456,24 +457,24 @@ def test_landscape_marker_follows_the_sliders(landscape):
     assert marker(steps=5) == (1.0, 2.0) and marker(iterations=6) == (2.0, 3.0)
     x, y = marker(steps=7)  # between measured columns: log-interpolated
     assert 1 < x < 2 and y == 2.0
-    _, text = ab.landscape_for_ui(landscape, "", "accuracy", budget_mode=ab.MODE_STEPS, steps=7, iterations=3,
+    _, text = al.landscape_for_ui(landscape, "", "accuracy", budget_mode=ab.MODE_STEPS, steps=7, iterations=3,
                                   budget=None, reuse=True, method="ddim", cfg_scale=3.0)
     assert "Nearest measured splits: 5 x 3 (25 block evaluations): " in text and "; 10 x 3 (50 block" in text
-    fig, text = ab.landscape_for_ui(landscape, "", "fcd", budget_mode=ab.MODE_STEPS, steps=None, iterations=3,
+    fig, text = al.landscape_for_ui(landscape, "", "fcd", budget_mode=ab.MODE_STEPS, steps=None, iterations=3,
                                     budget=50, reuse=True, method="ddim", cfg_scale=3.0)
     assert "**Cannot place your split:** sampling steps is empty" in text and len(fig.data) == 1
 
 
 def test_landscape_missing_or_malformed(tmp_path):
-    ls, problem = ab.landscape_or_problem(tmp_path / "landscape.json")
-    assert ls is None and ab.LANDSCAPE_COMMAND in problem and str(tmp_path) not in problem
+    ls, problem = al.landscape_or_problem(tmp_path / "landscape.json")
+    assert ls is None and al.LANDSCAPE_COMMAND in problem and str(tmp_path) not in problem
     fig, text = main.landscape(str(tmp_path / "landscape.json"), "accuracy", ab.MODE_STEPS, 10, 3, 50, True, "ddim", 3.0)
     assert fig is None and "python -m fpdm_core.bench landscape --quick" in text
     bad = tmp_path / "bad.json"
     for content in ("{not json", json.dumps({"results": {"metrics": {}}}), json.dumps({"results": []})):
         bad.write_text(content)
-        ls, problem = ab.landscape_or_problem(bad)
-        assert ls is None and "Cannot show the quality landscape" in problem and ab.LANDSCAPE_COMMAND in problem
+        ls, problem = al.landscape_or_problem(bad)
+        assert ls is None and "Cannot show the quality landscape" in problem and al.LANDSCAPE_COMMAND in problem
 
 
 # ----------------------------------------------------------------------------- fuzz: bad values, one field each
