@@ -2,7 +2,7 @@
 every fixed-point residual, DiT at the same budget, and one-click comparisons.
 
     python app/main.py                       # http://127.0.0.1:7860 (GRADIO_SERVER_NAME / _PORT honoured)
-    python app/main.py --checkpoint-dir DIR  # or FPDM_APP_CHECKPOINT_DIR=DIR
+    python app/main.py --checkpoint-dir DIR  # or FPDM_CHECKPOINT_DIR=DIR
 
 The page is built by `build_demo()`; the handlers below are thin wrappers over
 `fpdm_core.app_backend` and can be called directly (tests do). The generate and compare
@@ -237,7 +237,7 @@ def slider(key: str, value, step, elem_id: str, info: str | None = None) -> gr.S
 
 def build_demo(checkpoint_dir: str | Path | None = None, device: str = "cpu",
                landscape_file: str | Path | None = None) -> gr.Blocks:
-    """The whole page; `checkpoint_dir` defaults to $FPDM_APP_CHECKPOINT_DIR, else the kit's checkpoints/;
+    """The whole page; `checkpoint_dir` defaults to $FPDM_CHECKPOINT_DIR, else the kit's checkpoints;
     `landscape_file` to figures/bench/landscape.json."""
     folder = str(ab.checkpoint_dir(checkpoint_dir))
     landscape_path = str(landscape_file or al.LANDSCAPE_FILE)
@@ -383,7 +383,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint-dir", default=None,
                    help=f"folder of *.safetensors checkpoints (default ${ab.CHECKPOINT_DIR_ENV}, "
-                        "else the kit's checkpoints/)")
+                        "else the kit's shipped checkpoints)")
     p.add_argument("--landscape", default=None, help="quality landscape JSON (default figures/bench/landscape.json)")
     p.add_argument("--host", default=None, help="server address (default $GRADIO_SERVER_NAME, else 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="server port (default $GRADIO_SERVER_PORT, else 7860)")

@@ -28,8 +28,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from . import assets
 from .budget import ALLOCATIONS, CostModel
-from .checkpoints import CHECKPOINT_DIR, SHIPPED, CheckpointError, load_model
+from .checkpoints import SHIPPED, CheckpointError, load_model
 from .data import FASHION_MNIST_CLASSES
 from .diffusion import GaussianDiffusion
 from .models import DiT, FPDM, ModelConfig
@@ -37,7 +38,7 @@ from .plots import image_grid, residual_matrix
 from .sampling import METHODS, SampleRecord, SamplerConfig, new_record, sample_progressive
 from .solvers import SOLVERS, NonFiniteError
 
-CHECKPOINT_DIR_ENV = "FPDM_APP_CHECKPOINT_DIR"
+CHECKPOINT_DIR_ENV = assets.ENV_VAR
 CLASSIFIER_FILE = "fmnist-classifier.safetensors"  # a judge, not a generator: never offered
 DEFAULT_NAMES = {kind: path.name for kind, path in SHIPPED.items()}
 KIND_NAMES = {"fpdm": "FPDM", "dit": "DiT"}
@@ -229,10 +230,8 @@ def class_names(config: ModelConfig) -> tuple[str, ...]:
 
 # ----------------------------------------------------------------------------- checkpoints
 def checkpoint_dir(explicit: str | Path | None = None) -> Path:
-    """`explicit`, else $FPDM_APP_CHECKPOINT_DIR, else the kit's checkpoints folder."""
-    import os
-
-    return Path(explicit or os.environ.get(CHECKPOINT_DIR_ENV) or CHECKPOINT_DIR)
+    """`explicit`, else $FPDM_CHECKPOINT_DIR, else the kit's shipped checkpoints (`assets.checkpoint_dir`)."""
+    return assets.checkpoint_dir(explicit)
 
 
 def list_checkpoints(folder: str | Path) -> list[str]:

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from . import cli
-from .checkpoints import CHECKPOINT_DIR, CheckpointError, atomic_save
+from . import assets, cli
+from .checkpoints import CheckpointError, atomic_save
 
-CLASSIFIER_PATH = CHECKPOINT_DIR / "fmnist-classifier.safetensors"
+CLASSIFIER_PATH = assets.shipped("classifier")  # the shipped judge (found by fpdm_core.assets)
 CLASSIFIER_FORMAT = "fpdm-kit/classifier/1"
 METADATA_KEY = "fpdm_classifier"
 
@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     fmt = argparse.ArgumentDefaultsHelpFormatter
     t = sub.add_parser("train-classifier", help="train the Fashion-MNIST judge", formatter_class=fmt)
-    t.add_argument("--out", default=str(CLASSIFIER_PATH), help="safetensors file to write")
+    t.add_argument("--out", default=str(assets.CHECKOUT_DIR / assets.NAMES["classifier"]), help="safetensors file to write")
     t.add_argument("--epochs", type=int, default=2, help="passes over the 60000 training images")
     t.add_argument("--batch-size", type=int, default=128, help="images per step")
     t.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (one-cycle)")

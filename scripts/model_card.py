@@ -19,7 +19,8 @@ import matplotlib.pyplot as plt
 import torch
 
 from fpdm_core.bench import headline
-from fpdm_core.checkpoints import CHECKPOINT_DIR, load_checkpoint, load_model
+from fpdm_core.assets import CHECKOUT_DIR
+from fpdm_core.checkpoints import load_checkpoint, load_model
 from fpdm_core.diffusion import GaussianDiffusion
 from fpdm_core.metrics import classifier_meta
 from fpdm_core.models import count_parameters
@@ -36,7 +37,7 @@ PAPER_BUDGET = 20  # DiT steps: the budget the paper compares at
 def training_curves(out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for kind, stem in FILES.items():
-        rows = [json.loads(line) for line in (CHECKPOINT_DIR / f"{stem}.metrics.jsonl").read_text().splitlines() if line]
+        rows = [json.loads(line) for line in (CHECKOUT_DIR / f"{stem}.metrics.jsonl").read_text().splitlines() if line]
         ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=NAMES[kind], lw=1)
     ax.set(xlabel="training step (batch 128)", ylabel="training loss (epsilon MSE)", yscale="log")
     ax.legend()
@@ -49,7 +50,7 @@ def sample_grids(out: Path, seed: int) -> None:
     """One column per class, 4 rows, each model at the paper's budget (FPDM by the smoothing rule)."""
     diffusion = GaussianDiffusion()
     for kind, stem in FILES.items():
-        model = load_model(CHECKPOINT_DIR / f"{stem}.safetensors")
+        model = load_model(CHECKOUT_DIR / f"{stem}.safetensors")
         depth = 8  # budgets are DiT-FM-M steps
         cfg = (SamplerConfig(budget=PAPER_BUDGET * depth) if kind == "fpdm"
                else SamplerConfig(steps=PAPER_BUDGET * depth // model.config.depth))
@@ -150,13 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     figures.mkdir(parents=True, exist_ok=True)
     meta = {}
     for kind, stem in FILES.items():
-        ck = load_checkpoint(CHECKPOINT_DIR / f"{stem}.safetensors")
+        ck = load_checkpoint(CHECKOUT_DIR / f"{stem}.safetensors")
         meta[kind] = {**ck.meta, "parameters": count_parameters(ck.model_config)}
     bench = json.loads((ROOT / "figures" / "bench" / "headline.json").read_text())
     training_curves(figures / "training-curves.png")
     if not a.no_samples:
         sample_grids(figures, a.seed)
-    write_card(CHECKPOINT_DIR / "MODEL_CARD.md", meta, bench, tuple(a.first_sitting), "../figures/model_card")
+    write_card(CHECKOUT_DIR / "MODEL_CARD.md", meta, bench, tuple(a.first_sitting), "../figures/model_card")
     return 0
 
 

@@ -52,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--fpdm", default=None, help="FPDM checkpoint (default: the shipped one)")
         s.add_argument("--dit", default=None, help="DiT checkpoint (default: the shipped one)")
         s.add_argument("--dit-deep", default=None,
-                       help="headline: a deeper DiT baseline (default: checkpoints/dit16-fm-m.safetensors if present)")
-        s.add_argument("--classifier", default=None, help="Fashion-MNIST judge (default: metrics.CLASSIFIER_PATH)")
+                       help="headline: a deeper DiT baseline (default: the shipped dit16-fm-m.safetensors if present)")
+        s.add_argument("--classifier", default=None, help="Fashion-MNIST judge (default: the shipped one)")
         if name in ("ablations", "all"):
             s.add_argument("--minutes", type=float, default=None,
                            help="ablations: wall-clock cap per run in minutes (default: the mode's)")

@@ -22,6 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import assets, metrics
+from ..checkpoints import load_model
+
 PAPER = {"param_reduction_pct": 87.0, "memory_saving_pct": 60.0, "dit_steps": 20, "iteration_vs_block": 1.36}
 GiB, MiB = 2**30, 2**20
 SMOKE_MODES = ("quick", "tiny")  # settings too small to be evidence
@@ -252,9 +255,7 @@ def save_figure(ctx: Context, name: str, fig) -> None:
 # ----------------------------------------------------------------------------- models and the judge
 def load_checkpoint_model(ctx: Context, kind: str):
     """(EMA model, path) of the `--fpdm`/`--dit` checkpoint, else the shipped one."""
-    from ..checkpoints import SHIPPED, load_model
-
-    path = {"fpdm": ctx.fpdm_path, "dit": ctx.dit_path}[kind] or SHIPPED[kind]
+    path = {"fpdm": ctx.fpdm_path, "dit": ctx.dit_path}[kind] or assets.shipped(kind)
     if not path.is_file():
         raise FileNotFoundError(f"no {kind.upper()} checkpoint at {path}: train one (see README) or pass --{kind} PATH")
     return load_model(path, device=ctx.device), path
@@ -262,9 +263,7 @@ def load_checkpoint_model(ctx: Context, kind: str):
 
 def load_judge(ctx: Context):
     """The Fashion-MNIST classifier behind accuracy and FCD (`--classifier`, else the shipped one)."""
-    from .. import metrics
-
-    return metrics.load_classifier(ctx.classifier_path or metrics.CLASSIFIER_PATH, device=ctx.device)
+    return metrics.load_classifier(ctx.classifier_path or assets.shipped("classifier"), device=ctx.device)
 
 
 # ----------------------------------------------------------------------------- formatting

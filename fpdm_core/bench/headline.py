@@ -12,6 +12,7 @@ import json
 import time
 from pathlib import Path
 
+from .. import assets
 from ..checkpoints import load_model
 from ..devices import resolve_precision
 from ..sampling import SamplerConfig, plan_for
@@ -33,7 +34,6 @@ SETTINGS = {  # conditions: (sampler, guidance, n, budgets in DiT steps); the fi
 }
 COMPARISONS = (("FPDM, best split", "DiT"), ("FPDM, smoothing rule", "DiT"), ("FPDM, best split", "FPDM, smoothing rule"),
                ("DiT-16", "DiT"), ("FPDM, best split", "DiT-16"))
-SHIPPED_DEEP = Path(__file__).resolve().parents[2] / "checkpoints" / "dit16-fm-m.safetensors"
 
 
 def _best_splits(ctx: Context) -> dict[int, dict]:
@@ -49,7 +49,7 @@ def _models(ctx: Context) -> dict:
     fpdm, fpdm_path = load_checkpoint_model(ctx, "fpdm")
     dit, dit_path = load_checkpoint_model(ctx, "dit")
     models = {"fpdm": (fpdm, fpdm_path), "dit": (dit, dit_path)}
-    deep = ctx.dit_deep_path or (SHIPPED_DEEP if SHIPPED_DEEP.is_file() else None)
+    deep = ctx.dit_deep_path or (assets.shipped("dit16") if assets.shipped("dit16").is_file() else None)
     if deep is not None:
         models["dit_deep"] = (load_model(deep, device=ctx.device), deep)
     return models
@@ -101,7 +101,7 @@ def run(ctx: Context) -> Path:
     for method, cfg_scale, n, budgets in st["conditions"]:
         if [method, cfg_scale, n, list(budgets)] in done:
             continue
-        fields = dict(method=method, cfg_scale=cfg_scale)
+        fields = dict(step=method, cfg_scale=cfg_scale)
         for b in budgets:
             scored = {}
             for name, model, cfg in variants(models, best, b, depth, fields):
