@@ -33,12 +33,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from . import cli
+from . import assets, cli
 from .models import DiT, FPDM, ModelConfig, build_model
 
 FORMAT = "fpdm-kit/1"
-CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"  # shipped with the kit
-SHIPPED = {"fpdm": CHECKPOINT_DIR / "fpdm-fm-m.safetensors", "dit": CHECKPOINT_DIR / "dit-fm-m.safetensors"}
+SHIPPED = {kind: assets.shipped(kind) for kind in ("fpdm", "dit")}  # the trained generators (found by fpdm_core.assets)
 WEIGHT_GROUPS = ("model", "ema")
 RESUME_NEEDS = ("model", "ema", "optim", "rng")  # tensor groups of a training checkpoint
 log = logging.getLogger(__name__)

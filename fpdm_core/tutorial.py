@@ -23,7 +23,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .checkpoints import CHECKPOINT_DIR, SHIPPED, load_checkpoint, load_model
+from . import assets
+from .checkpoints import SHIPPED, load_checkpoint, load_model
 from .models import FPDM, ModelConfig
 from .plots import image_grid, residual_matrix
 from .sampling import SampleRecord, SamplerConfig, new_record, sample_progressive
@@ -73,13 +74,14 @@ class TrainingRun:
     batch_size: int
 
 
-def training_run(kind: str, folder: str | Path = CHECKPOINT_DIR) -> TrainingRun | None:
-    """The shipped `kind` checkpoint's training (None when the checkpoint is missing)."""
-    path = Path(folder) / SHIPPED[kind].name
+def training_run(kind: str, folder: str | Path | None = None) -> TrainingRun | None:
+    """The shipped `kind` checkpoint's training (None when the checkpoint is missing); `folder` as in
+    `assets.checkpoint_dir`."""
+    path = assets.shipped(kind, folder)
     if not path.is_file():
         return None
     meta = load_checkpoint(path).meta
-    log = Path(folder) / (SHIPPED[kind].name.removesuffix(".safetensors") + ".metrics.jsonl")
+    log = path.with_name(path.name.removesuffix(".safetensors") + ".metrics.jsonl")
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
     device = "CPU" if "+cpu" in meta.get("torch", "") else meta.get("train", {}).get("device", "unknown device")
     return TrainingRun(meta["train"]["model"], int(meta["step"]), float(meta.get("elapsed_s", 0.0)) / 60,
