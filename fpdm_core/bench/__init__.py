@@ -24,6 +24,7 @@ ORDER = (
     "speed",
     "landscape",
     "headline",
+    "precision",
     "quality",
     "convergence",
     "ablations",
