@@ -124,7 +124,8 @@ def generate(folder: str, device: str, fpdm_upload, dit_upload, fpdm_choice, dit
         caption = ab.label_caption(settings, fpdm.model.config)
         yield (None, None, dit_note or "", None, None, None, None, "", _status("busy", "starting"),
                progress_html(text="starting..."), caption)
-        for u in ab.explore(fpdm.model, dit, settings, device=device, dit_note=dit_note):
+        for u in ab.explore(fpdm.model, dit, settings, device=device, dit_note=dit_note,
+                              diffusion_config=fpdm.diffusion):
             images = ((page_image(u.fpdm_grid, settings, "fpdm"), page_image(u.dit_grid, settings, "dit"))
                       if u.refreshed else (gr.skip(), gr.skip()))
             if u.stage != "done":
@@ -161,7 +162,7 @@ def compare(folder: str, device: str, fpdm_upload, fpdm_choice, weights, compari
         variants = ab.comparison_variants(settings, comparison, allocation_b)
         fpdm = ab.load_slot("fpdm", folder, fpdm_choice, fpdm_upload, device, weights)
         settings.labels(fpdm.model.config)  # an unknown class is refused before any work
-        for u in ab.compare(fpdm.model, variants, device=device):
+        for u in ab.compare(fpdm.model, variants, device=device, diffusion_config=fpdm.diffusion):
             images = ((page_image(u.fpdm_grid, variants[0][1], "fpdm"), page_image(u.dit_grid, variants[1][1], "fpdm"))
                       if u.refreshed else (gr.skip(), gr.skip()))
             if u.stage != "done":

@@ -30,9 +30,9 @@ import torch
 
 from . import assets
 from .budget import ALLOCATIONS, CostModel
-from .checkpoints import SHIPPED, CheckpointError, load_model
+from .checkpoints import SHIPPED, CheckpointError, load_model, stored_diffusion
 from .data import FASHION_MNIST_CLASSES
-from .diffusion import GaussianDiffusion
+from .diffusion import DiffusionConfig, GaussianDiffusion
 from .models import DiT, FPDM, ModelConfig
 from .plots import image_grid, residual_matrix
 from .sampling import METHODS, SampleRecord, SamplerConfig, new_record, sample_progressive
@@ -278,6 +278,11 @@ class Loaded:
     meta: dict
     name: str  # the file's name, never its folder
 
+    @property
+    def diffusion(self) -> DiffusionConfig:
+        """The process the model was trained with (`checkpoints.stored_diffusion`)."""
+        return stored_diffusion(self.meta)
+
     def describe(self) -> str:
         c = self.model.config
         shape = f"{c.pre_depth} pre + fixed-point + {c.post_depth} post blocks" if c.kind == "fpdm" else f"depth {c.depth}"
@@ -505,7 +510,8 @@ def _progress_message(who: str, step, total_steps: int) -> str:
 
 
 def explore(fpdm: FPDM, dit: DiT | None, settings: Settings, *, device: str | torch.device = "cpu",
-            max_updates: int = 20, dit_note: str | None = None) -> Iterator[Update]:
+            max_updates: int = 20, dit_note: str | None = None,
+            diffusion_config: DiffusionConfig = DiffusionConfig()) -> Iterator[Update]:
     """Sample FPDM with `settings`, then DiT with the steps that fit the same budget; yield an update per step.
 
     The same seed gives both models the same initial noise and labels. `dit` may be None
@@ -514,7 +520,7 @@ def explore(fpdm: FPDM, dit: DiT | None, settings: Settings, *, device: str | to
     """
     config = settings.sampler_config()
     labels = settings.labels(fpdm.config)
-    diffusion = GaussianDiffusion().to(device)
+    diffusion = GaussianDiffusion.from_config(diffusion_config).to(device)  # FPDM's (`Loaded.diffusion`)
     try:
         record = new_record(fpdm, diffusion, config)
     except ValueError as e:
@@ -575,12 +581,12 @@ def comparison_variants(settings: Settings, comparison: str, allocation_b: str =
 
 
 def compare(fpdm: FPDM, variants: list[tuple[str, Settings]], *, device: str | torch.device = "cpu",
-            max_updates: int = 10) -> Iterator[Update]:
+            max_updates: int = 10, diffusion_config: DiffusionConfig = DiffusionConfig()) -> Iterator[Update]:
     """Sample FPDM once per variant (same seed, same budget); yield updates, then both records and grids.
 
     In the updates, `fpdm_*` holds the first variant and `dit_*` the second (the page's two panels).
     """
-    diffusion = GaussianDiffusion().to(device)
+    diffusion = GaussianDiffusion.from_config(diffusion_config).to(device)  # FPDM's (`Loaded.diffusion`)
     runs = []
     for label, s in variants:
         config = s.sampler_config()

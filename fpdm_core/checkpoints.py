@@ -1,8 +1,8 @@
 """Checkpoints as one safetensors file: tensors grouped by prefix, JSON metadata; never pickle.
 
 Groups: `model.*` weights, `ema.*` EMA weights, `optim.*` AdamW state, `rng.*` generator
-states. The metadata entry "fpdm" holds JSON: format, model config, training config, step,
-data and seed info.
+states. The metadata entry "fpdm" holds JSON: format, model config, diffusion config (the process
+the weights were trained with), training config, step, data and seed info.
 
 Reading checks before it builds or allocates anything: the metadata's model config (types and
 limits, `ModelConfig`), then the file's header against that config (the number of values, then
@@ -28,12 +28,14 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from . import assets, cli
+from .diffusion import DiffusionConfig, GaussianDiffusion
 from .models import DiT, FPDM, ModelConfig, build_model
 
 FORMAT = "fpdm-kit/1"
@@ -57,9 +59,22 @@ class Checkpoint:
     def model_config(self) -> ModelConfig:
         return ModelConfig.from_dict(self.meta["model"])
 
+    @property
+    def diffusion_config(self) -> DiffusionConfig:
+        return stored_diffusion(self.meta)
+
     def group(self, name: str) -> dict[str, torch.Tensor]:
         prefix = name + "."
         return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+
+def stored_diffusion(meta: dict) -> DiffusionConfig:
+    """A checkpoint's diffusion config (`meta["diffusion"]`); raises ValueError for a bad one.
+
+    Files written before checkpoints stored one (the shipped ones among them) were all trained with
+    the default, DiT's `DiffusionConfig()` (linear betas, T = 1000, epsilon), and get it.
+    """
+    return DiffusionConfig.from_dict(meta.get("diffusion", {}))
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], list]:
@@ -163,11 +178,13 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: str | Path, metadata: di
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def save_checkpoint(path: str | Path, *, model: DiT | FPDM, meta: dict | None = None, ema: torch.nn.Module | None = None,
+def save_checkpoint(path: str | Path, *, model: DiT | FPDM, diffusion: DiffusionConfig = DiffusionConfig(),
+                    meta: dict | None = None, ema: torch.nn.Module | None = None,
                     optimizer: torch.optim.Optimizer | None = None, rng: dict[str, torch.Tensor] | None = None,
                     dtype: torch.dtype | None = None) -> None:
     """Save weights (and optionally EMA, optimizer, RNG states) with JSON metadata, atomically.
 
+    diffusion: the process the weights were trained with (stored as meta["diffusion"]).
     dtype: cast floating weights (e.g. torch.float16 for a small shipped file).
     """
     def weights(m, prefix):
@@ -175,7 +192,7 @@ def save_checkpoint(path: str | Path, *, model: DiT | FPDM, meta: dict | None = 
                 for k, v in m.state_dict().items()}
 
     tensors = weights(model, "model")
-    meta = {**(meta or {}), "format": FORMAT, "model": model.config.to_dict()}
+    meta = {**(meta or {}), "format": FORMAT, "model": model.config.to_dict(), "diffusion": diffusion.to_dict()}
     if ema is not None:
         tensors.update(weights(ema, "ema"))
     if optimizer is not None:
@@ -265,6 +282,10 @@ def read_header(path: str | Path) -> tuple[dict, dict[str, tuple[int, ...]]]:
         config = ModelConfig.from_dict(meta["model"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path} has an invalid model config: {e}") from e
+    try:
+        stored_diffusion(meta)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} has an invalid diffusion config: {e}") from e
     check_weight_shapes(config, shapes, str(path))
     return meta, shapes
 
@@ -279,9 +300,33 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(meta, tensors, str(path))
 
 
+class Pipeline(NamedTuple):
+    """A checkpoint's model and the diffusion process it was trained with: what sampling needs."""
+
+    model: DiT | FPDM
+    diffusion: GaussianDiffusion
+
+
 def load_model(path: str | Path, *, weights: str = "ema", device: str | torch.device = "cpu") -> DiT | FPDM:
     """Build the model a checkpoint describes and load its `ema` (default) or `model` weights in float32."""
+    return _build_model(load_checkpoint(path), weights, device)
+
+
+def load_pipeline(path: str | Path, *, weights: str = "ema", device: str | torch.device = "cpu") -> Pipeline:
+    """`Pipeline(model, diffusion)`: the model as `load_model` builds it and the process it was trained with.
+
+    Checkpoints written before files stored a diffusion config (the shipped ones among them) were
+    all trained with the default, DiT's `DiffusionConfig()` (linear betas, T = 1000, epsilon), and get
+    it (`stored_diffusion`).
+    """
     ckpt = load_checkpoint(path)
+    return Pipeline(_build_model(ckpt, weights, device),
+                    GaussianDiffusion.from_config(ckpt.diffusion_config).to(device))
+
+
+def _build_model(ckpt: Checkpoint, weights: str, device: str | torch.device) -> DiT | FPDM:
+    """The model `ckpt` describes with its `weights` ("ema" falls back to "model"), float32, eval mode."""
+    path = ckpt.path
     state = ckpt.group(weights) or (ckpt.group("model") if weights == "ema" else {})
     if not state:
         raise CheckpointError(f"{path} holds no '{weights}' weights")
@@ -339,11 +384,11 @@ def export_weights(src: str | Path, dst: str | Path, *, dtype: torch.dtype = tor
     """Write a small release file: the EMA weights of `src` (cast to `dtype`) and its metadata, no optimizer/RNG."""
     if Path(dst).resolve() == Path(src).resolve():
         raise CheckpointError(f"export {dst} is its own source: write to another path")
-    model = load_model(src, weights="ema")
-    meta, _ = read_header(src)
-    meta = {k: v for k, v in meta.items() if k not in ("format", "model", "optimizer_param_groups")}
+    ckpt = load_checkpoint(src)
+    meta = {k: v for k, v in ckpt.meta.items() if k not in ("format", "model", "diffusion", "optimizer_param_groups")}
     meta.update(extra_meta or {}, exported_from=str(src), weights="ema")
-    save_checkpoint(dst, model=model, meta=meta, dtype=dtype)
+    save_checkpoint(dst, model=_build_model(ckpt, "ema", "cpu"), diffusion=ckpt.diffusion_config, meta=meta,
+                    dtype=dtype)
 
 
 def main(argv: list[str] | None = None) -> int:

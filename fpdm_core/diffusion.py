@@ -1,12 +1,15 @@
 """Gaussian diffusion math for DiT-style models: schedules, noising, losses and DDIM/DDPM steps.
 
-Images live in [-1, 1]. Tensors are (B, C, ...) with the channel axis at dim 1.
+Images live in [-1, 1]. Tensors are (B, C, ...) with the channel axis at dim 1. A
+`DiffusionConfig` names the process a model was trained with; checkpoints store it, so sampling
+rebuilds the same process (`GaussianDiffusion.from_config`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -15,6 +18,41 @@ BETA_SCHEDULES = ("linear", "cosine")
 SPACINGS = ("leading", "trailing", "linspace")
 PREDICTIONS = ("epsilon", "v")
 STEP_METHODS = ("ddim", "ddpm")
+MAX_TIMESTEPS = 100_000  # a bound for configs read from files: the schedule is held as T python floats
+LINEAR_MIN_TIMESTEPS = 21  # the linear schedule's last beta is 20 / T, which must stay below 1
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The diffusion process a model is trained and sampled with (DiT's: linear, T = 1000, epsilon)."""
+
+    num_timesteps: int = 1000
+    beta_schedule: str = "linear"  # a name from BETA_SCHEDULES
+    prediction: str = "epsilon"  # a name from PREDICTIONS: what the network regresses
+
+    def __post_init__(self):
+        t = self.num_timesteps
+        if isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= MAX_TIMESTEPS:
+            raise ValueError(f"num_timesteps must be an integer in [1, {MAX_TIMESTEPS}], got {t!r}")
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(f"unknown beta schedule {self.beta_schedule!r}; expected one of {BETA_SCHEDULES}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {self.prediction!r}; expected one of {PREDICTIONS}")
+        if self.beta_schedule == "linear" and t < LINEAR_MIN_TIMESTEPS:
+            raise ValueError(f"linear schedule needs num_timesteps > 20 (last beta = 20/T), got {t}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DiffusionConfig:
+        """The config a JSON dict describes; unknown keys or bad values raise ValueError, missing ones default."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a diffusion config must be a JSON object, got {type(d).__name__}")
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown diffusion config field(s) {unknown}; expected {[f.name for f in fields(cls)]}")
+        return cls(**d)
 
 
 def _check_betas(betas: torch.Tensor) -> torch.Tensor:
@@ -31,7 +69,7 @@ def make_betas(kind: str = "linear", num_timesteps: int = 1000) -> torch.Tensor:
     if num_timesteps < 1:
         raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
     if kind == "linear":
-        if num_timesteps <= 20:
+        if num_timesteps < LINEAR_MIN_TIMESTEPS:
             raise ValueError(f"linear schedule needs num_timesteps > 20 (last beta = 20/T), got {num_timesteps}")
         scale = 1000 / num_timesteps
         betas = torch.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=torch.float64)  # (T,)
@@ -72,22 +110,26 @@ class GaussianDiffusion(torch.nn.Module):
     """Forward process, training targets and reverse steps of a discrete-time Gaussian diffusion.
 
     `beta_schedule` is a name from BETA_SCHEDULES or an explicit sequence of `num_timesteps` betas.
+    `config` is the `DiffusionConfig` of a named schedule (what checkpoints store), None for
+    explicit betas; `from_config` builds the process a config names.
     Reverse steps take python-int timesteps and may jump between any t > t_prev (respaced chains);
     t_prev = -1 denotes clean data (abar = 1).
     """
 
     def __init__(
         self,
-        num_timesteps: int = 1000,
-        beta_schedule: str | Sequence[float] | torch.Tensor = "linear",
-        prediction: str = "epsilon",
+        num_timesteps: int = DiffusionConfig.num_timesteps,
+        beta_schedule: str | Sequence[float] | torch.Tensor = DiffusionConfig.beta_schedule,
+        prediction: str = DiffusionConfig.prediction,
     ):
         super().__init__()
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"unknown prediction {prediction!r}; expected one of {PREDICTIONS}")
+        self.config: DiffusionConfig | None = None
         if isinstance(beta_schedule, str):
+            self.config = DiffusionConfig(num_timesteps, beta_schedule, prediction)  # validates all three
             betas = make_betas(beta_schedule, num_timesteps)
         else:
+            if prediction not in PREDICTIONS:
+                raise ValueError(f"unknown prediction {prediction!r}; expected one of {PREDICTIONS}")
             betas = _check_betas(torch.as_tensor(beta_schedule, dtype=torch.float64))
             if betas.numel() != num_timesteps:
                 raise ValueError(f"got {betas.numel()} betas for num_timesteps={num_timesteps}")
@@ -100,6 +142,11 @@ class GaussianDiffusion(torch.nn.Module):
         self.register_buffer("alphas_cumprod", abar.float(), persistent=False)
         self.register_buffer("sqrt_alphas_cumprod", abar.sqrt().float(), persistent=False)
         self.register_buffer("sqrt_one_minus_alphas_cumprod", (1 - abar).sqrt().float(), persistent=False)
+
+    @classmethod
+    def from_config(cls, config: DiffusionConfig) -> GaussianDiffusion:
+        """The process `config` names (e.g. a checkpoint's, from `checkpoints.load_pipeline`)."""
+        return cls(config.num_timesteps, config.beta_schedule, config.prediction)
 
     def _coef(self, buf: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """buf[t] reshaped to broadcast against `like` (B, ...)."""

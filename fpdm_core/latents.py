@@ -250,14 +250,13 @@ def sample_images(vae, checkpoint: str | Path, labels, *, steps: int = HEADLINE.
 
     scale: None uses the scale recorded in the checkpoint at training time, else the VAE's.
     """
-    from .checkpoints import load_model
+    from .checkpoints import load_pipeline
     from .devices import pick_device
-    from .diffusion import GaussianDiffusion
     from .sampling import sample
 
     dev = pick_device(device)
-    model = load_model(checkpoint, device=dev)
-    z, _ = sample(model, GaussianDiffusion().to(dev), labels,
+    model, diffusion = load_pipeline(checkpoint, device=dev)
+    z, _ = sample(model, diffusion, labels,
                   SamplerConfig(steps=steps, iterations=iterations, cfg_scale=cfg_scale),
                   generator=torch.Generator().manual_seed(seed), device=dev)
     if scale is None:

@@ -55,13 +55,13 @@ class SolverStats:
         }
 
 
-def _validate(z0, max_iter, tol, stop_mode, method, damping, anderson_m, anderson_lam, anderson_beta):
+def _validate(z0, max_iter, tol, stop_mode, solver, damping, anderson_m, anderson_lam, anderson_beta):
     if z0.dim() < 1:
         raise ValueError("z0 must have a leading batch dimension")
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-    if method not in SOLVERS:
-        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(SOLVERS)}")
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; valid solvers: {', '.join(SOLVERS)}")
     if stop_mode not in STOP_MODES:
         raise ValueError(f"unknown stop_mode {stop_mode!r}; valid modes: {', '.join(STOP_MODES)}")
     if not 0.0 < damping <= 1.0:
@@ -125,7 +125,7 @@ def solve(
     max_iter: int,
     tol: float | None = None,
     stop_mode: str = "rel",
-    method: str = "picard",
+    solver: str = "picard",
     damping: float = 1.0,
     anderson_m: int = 5,
     anderson_lam: float = 1e-4,
@@ -134,12 +134,12 @@ def solve(
 ) -> tuple[torch.Tensor, SolverStats]:
     """Iterate z <- f(z) from z0; return the latest iterate and its stats.
 
-    tol=None runs exactly max_iter evaluations; otherwise stops once every
+    solver: one of SOLVERS. tol=None runs exactly max_iter evaluations; otherwise stops once every
     sample's `stop_mode` residual is <= tol. `damping` applies to Picard,
     `anderson_*` (history m, relative ridge lambda, mixing beta) to Anderson. Autograd
     follows the caller's grad mode; stats are detached.
     """
-    _validate(z0, max_iter, tol, stop_mode, method, damping, anderson_m, anderson_lam, anderson_beta)
+    _validate(z0, max_iter, tol, stop_mode, solver, damping, anderson_m, anderson_lam, anderson_beta)
     work_dtype = torch.promote_types(z0.dtype, torch.float32)
     xs: deque = deque(maxlen=anderson_m)
     fs: deque = deque(maxlen=anderson_m)
@@ -155,14 +155,14 @@ def solve(
         if not finite:
             where = f"{label}, " if label else ""
             raise NonFiniteError(
-                f"non-finite fixed-point residual ({where}iteration {k}/{max_iter}, method={method}); "
-                "try a lower learning rate, damping < 1, method='picard', or fewer iterations"
+                f"non-finite fixed-point residual ({where}iteration {k}/{max_iter}, solver={solver}); "
+                "try a lower learning rate, damping < 1, solver='picard', or fewer iterations"
             )
         abs_hist.append(abs_res)
         rel_hist.append(rel_res)
         if tol is not None:
             done = bool(((abs_res if stop_mode == "abs" else rel_res) <= tol).all())
-        if method == "picard":
+        if solver == "picard":
             z = fz if damping == 1.0 else (1.0 - damping) * z + damping * fz  # (B, ...)
         else:
             xs.append(z.flatten(1).to(work_dtype))  # (B, N)

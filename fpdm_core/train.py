@@ -19,7 +19,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -31,86 +31,20 @@ from .checkpoints import (CheckpointError, check_resumable, load_checkpoint, rem
                           restore_training, save_checkpoint)
 from .data import DATASETS, load_dataset
 from .devices import PRECISIONS, autocast, pick_device, resolve_precision
-from .diffusion import GaussianDiffusion
-from .models import FPDM, PRESETS, ModelConfig, build_model, solve_outside_autocast
+from .diffusion import BETA_SCHEDULES, MAX_TIMESTEPS, PREDICTIONS, DiffusionConfig, GaussianDiffusion
+from .models import FPDM, PRESETS, build_model, solve_outside_autocast
+from .train_config import GRADIENTS, TrainConfig
 
-METHODS = ("sjfb", "jfb", "full")
-# ModelConfig fields the trainer sets itself: the data decides the image shape, the flag has its own option
-DATA_FIELDS = ("kind", "input_size", "in_channels", "timestep_cond_pre_post")
 CHECKPOINT_NAME = "checkpoint.safetensors"
-
-
-@dataclass
-class TrainConfig:
-    model: str = "FPDM-FM-S"
-    model_overrides: dict = field(default_factory=dict)  # ModelConfig fields replacing the preset's: {"pre_depth": 2}
-    timestep_cond_pre_post: bool = False
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    subset: int | None = None  # train on the first N images only
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 200
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    ema_warmup: bool = True  # decay min(ema_decay, (1 + step) / (10 + step)): early EMA not stuck at the init
-    method: str = "sjfb"  # FPDM only: sjfb | jfb | full
-    no_grad_iters: tuple[int, int] = (0, 10)  # n_ng ~ U{a..b}
-    grad_iters: tuple[int, int] = (1, 12)  # n_g ~ U{c..d}
-    recompute: bool = False  # recompute each gradient iteration in backward (memory flat in n_g)
-    grad_checkpoint: bool = False  # recompute the explicit blocks (DiT blocks, FPDM pre/post) in backward
-    compile: bool = False  # torch.compile the fixed-point map (FPDM) or the whole model (DiT)
-    tf32: bool = True  # CUDA only: TF32 matmuls for float32 work
-    precision: str = "auto"
-    device: str = "auto"
-    seed: int = 0
-    max_steps: int | None = None
-    max_minutes: float | None = None
-    log_every: int = 50
-    sample_every: int = 1000
-    save_every: int = 500
-
-    def __post_init__(self):
-        if self.model not in PRESETS:
-            raise ValueError(f"unknown model preset {self.model!r}; choose one of {sorted(PRESETS)}")
-        self.model_config()  # checks the overrides
-        if self.method not in METHODS:
-            raise ValueError(f"unknown training method {self.method!r}; choose one of {METHODS}")
-        for name in ("no_grad_iters", "grad_iters"):
-            lo, hi = getattr(self, name)
-            if lo > hi or lo < (1 if name == "grad_iters" else 0):
-                raise ValueError(f"{name} must be a range lo <= hi with lo >= {1 if name == 'grad_iters' else 0}, got {(lo, hi)}")
-        if self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("batch_size must be >= 1 and lr > 0")
-        if self.max_steps is None and self.max_minutes is None:
-            raise ValueError("give --max-steps or --max-minutes (or both)")
-        if self.log_every < 1 or self.save_every < 1 or self.sample_every < 0:
-            raise ValueError(f"log_every and save_every must be >= 1 and sample_every >= 0 (0 = never), "
-                             f"got {self.log_every}, {self.save_every}, {self.sample_every}")
-
-    def model_config(self) -> ModelConfig:
-        """The preset with `model_overrides` applied (image shape and classes still come from the data)."""
-        preset = PRESETS[self.model]
-        for key, value in self.model_overrides.items():
-            if key not in ModelConfig.__dataclass_fields__ or key in DATA_FIELDS:
-                allowed = sorted(set(ModelConfig.__dataclass_fields__) - set(DATA_FIELDS))
-                raise ValueError(f"model override {key!r} is not allowed; choose from {allowed}")
-            default = getattr(preset, key)
-            kinds = {bool: (bool, "true or false"), int: (int, "an integer"), float: ((int, float), "a number")}
-            kind = kinds[type(default)]
-            if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, kind[0]):
-                raise ValueError(f"model override {key}={value!r} must be {kind[1]}")
-        return replace(preset, **self.model_overrides)  # ModelConfig checks the values
 
 
 def draw_iterations(cfg: TrainConfig, generator: torch.Generator) -> tuple[int, int]:
     """(n_no_grad, n_grad) for one batch, drawn from `generator` (one draw shared by the batch)."""
     n_ng = int(torch.randint(cfg.no_grad_iters[0], cfg.no_grad_iters[1] + 1, (1,), generator=generator))
     n_g = int(torch.randint(cfg.grad_iters[0], cfg.grad_iters[1] + 1, (1,), generator=generator))
-    if cfg.method == "jfb":
+    if cfg.gradient == "jfb":
         return n_ng, 1
-    if cfg.method == "full":
+    if cfg.gradient == "full":
         return 0, n_ng + n_g
     return n_ng, n_g
 
@@ -133,7 +67,7 @@ def fpdm_train_forward(model: FPDM, x_t, t, y, n_no_grad: int, n_grad: int, *, r
     if n_no_grad:
         with torch.no_grad():
             inj, c = enc.inj.detach(), enc.c_fp.detach()
-            z, stats = solve_outside_autocast(lambda v: f(v, inj, c), z, max_iter=n_no_grad, method="picard",
+            z, stats = solve_outside_autocast(lambda v: f(v, inj, c), z, max_iter=n_no_grad, solver="picard",
                                               label="S-JFB no-grad phase")
     for _ in range(n_grad):
         if recompute_iters:
@@ -220,7 +154,7 @@ class Trainer:
                                  num_classes=max(model_cfg.num_classes, int(self.y.max()) + 1)).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.diffusion = GaussianDiffusion().to(self.device)
+        self.diffusion = GaussianDiffusion.from_config(cfg.diffusion).to(self.device)
         self.gen = torch.Generator().manual_seed(cfg.seed)  # identical on every rank: keep draws global
         self.step_count = 0
         self.batches_per_epoch = max(1, len(self.x) // cfg.batch_size)
@@ -297,18 +231,20 @@ class Trainer:
 
             info = read_latents_info(self.cfg.data_dir)
             data["latents"] = {k: info.get(k) for k in ("vae", "vae_subfolder", "scale", "size", "posterior")}
-        meta = {"train": asdict(self.cfg), "step": self.step_count, "elapsed_s": elapsed_s, "data": data,
+        meta = {"train": self.cfg.to_meta(), "step": self.step_count, "elapsed_s": elapsed_s, "data": data,
                 "torch": torch.__version__, "precision": self.precision, "world_size": self.dist.world_size}
-        save_checkpoint(path, model=self.model, ema=self.ema, optimizer=self.opt, meta=meta,
-                        rng={"train": self.gen.get_state()})
+        save_checkpoint(path, model=self.model, diffusion=self.cfg.diffusion, ema=self.ema, optimizer=self.opt,
+                        meta=meta, rng={"train": self.gen.get_state()})
 
     def resume(self, path: str | Path) -> float:
         """Restore everything from a checkpoint; return the wall time already spent."""
         check_resumable(path)  # a weights-only file: one CheckpointError line, not a KeyError
         ckpt = load_checkpoint(path)
-        saved = TrainConfig(**{**ckpt.meta["train"], "no_grad_iters": tuple(ckpt.meta["train"]["no_grad_iters"]),
-                               "grad_iters": tuple(ckpt.meta["train"]["grad_iters"])})
-        for key in ("model", "model_overrides", "dataset", "batch_size", "method", "seed", "subset",
+        try:
+            saved = TrainConfig.from_meta(ckpt.meta)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path} has an unreadable training config: {e}") from e
+        for key in ("model", "model_overrides", "diffusion", "dataset", "batch_size", "gradient", "seed", "subset",
                     "timestep_cond_pre_post"):
             if getattr(saved, key) != getattr(self.cfg, key):
                 raise CheckpointError(f"cannot resume: {key} is {getattr(self.cfg, key)!r} but the checkpoint used "
@@ -430,6 +366,11 @@ def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
     p.add_argument("--model", default=d["model"].default, choices=sorted(PRESETS), help="model preset")
     p.add_argument("--model-override", dest="model_overrides", action="append", type=model_override, metavar="KEY=VALUE",
                    help="replace a field of the preset, e.g. --model-override pre_depth=2 (repeatable)")
+    dd = DiffusionConfig()
+    p.add_argument("--num-timesteps", type=cli.int_in(1, MAX_TIMESTEPS), default=dd.num_timesteps,
+                   help="diffusion timesteps T (stored in the checkpoint: sampling uses the same process)")
+    p.add_argument("--beta-schedule", default=dd.beta_schedule, choices=BETA_SCHEDULES, help="noise schedule")
+    p.add_argument("--prediction", default=dd.prediction, choices=PREDICTIONS, help="what the network regresses")
     p.add_argument("--timestep-cond-pre-post", action="store_true", help="FPDM: condition pre/post blocks on t too")
     p.add_argument("--dataset", default=d["dataset"].default, choices=DATASETS)
     p.add_argument("--data-dir", default=None,
@@ -445,7 +386,7 @@ def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
     p.add_argument("--ema-decay", type=cli.float_in(0.0, 1.0), default=d["ema_decay"].default)
     p.add_argument("--no-ema-warmup", dest="ema_warmup", action="store_false",
                    help="use --ema-decay from the first step (default: min(decay, (1+step)/(10+step)))")
-    p.add_argument("--method", default=d["method"].default, choices=METHODS,
+    p.add_argument("--gradient", default=d["gradient"].default, choices=GRADIENTS,
                    help="FPDM gradient: sjfb (stochastic JFB), jfb (n_grad = 1), full (backprop through all iterations)")
     p.add_argument("--no-grad-iters", type=int, nargs=2, default=d["no_grad_iters"].default, metavar=("A", "B"),
                    help="n_no_grad ~ U{A..B}")
@@ -477,6 +418,7 @@ def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
     if a.resume and a.force:
         p.error("--resume continues the run in --run-dir, --force replaces it: give one of them")
     try:
+        fields["diffusion"] = DiffusionConfig(a.num_timesteps, a.beta_schedule, a.prediction)
         cfg = TrainConfig(**fields)
     except ValueError as e:
         p.error(str(e))

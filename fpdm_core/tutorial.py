@@ -126,26 +126,26 @@ class ToyOutcome:
     sentence: str
 
 
-def toy_outcome(f, z0: torch.Tensor, *, max_iter: int, tol: float, method: str = "picard", damping: float = 1.0) -> ToyOutcome:
+def toy_outcome(f, z0: torch.Tensor, *, max_iter: int, tol: float, solver: str = "picard", damping: float = 1.0) -> ToyOutcome:
     """Solve and say what happened. Diverged: NaN/inf, or the absolute residual grew DIVERGENCE_GROWTH-fold."""
     try:
-        _, st = solve(f, z0, max_iter=max_iter, tol=tol, method=method, damping=damping)
+        _, st = solve(f, z0, max_iter=max_iter, tol=tol, solver=solver, damping=damping)
     except NonFiniteError:
-        return ToyOutcome("diverged", max_iter, [], f"{method}: diverged (the iterates overflowed to inf/NaN)")
-    return _classify(st, method, tol)
+        return ToyOutcome("diverged", max_iter, [], f"{solver}: diverged (the iterates overflowed to inf/NaN)")
+    return _classify(st, solver, tol)
 
 
-def _classify(st: SolverStats, method: str, tol: float) -> ToyOutcome:
+def _classify(st: SolverStats, solver: str, tol: float) -> ToyOutcome:
     trace = st.rel_trace[0].tolist()
     growth = float(st.abs_trace[:, -1].max() / st.abs_trace[:, 0].clamp_min(1e-300).min())
     if not math.isfinite(growth) or growth > DIVERGENCE_GROWTH:
         return ToyOutcome("diverged", st.iterations, trace,
-                          f"{method}: diverged (the residual grew {growth:.1e}-fold in {st.iterations} iterations)")
+                          f"{solver}: diverged (the residual grew {growth:.1e}-fold in {st.iterations} iterations)")
     if bool(st.converged.all()):
         return ToyOutcome("converged", st.iterations, trace,
-                          f"{method}: converged in {st.iterations} iterations (relative residual {trace[-1]:.1e} <= {tol:g})")
+                          f"{solver}: converged in {st.iterations} iterations (relative residual {trace[-1]:.1e} <= {tol:g})")
     return ToyOutcome("not converged", st.iterations, trace,
-                      f"{method}: not converged in {st.iterations} iterations (relative residual {trace[-1]:.1e} > {tol:g})")
+                      f"{solver}: not converged in {st.iterations} iterations (relative residual {trace[-1]:.1e} > {tol:g})")
 
 
 def toy_figure(contraction: float = 0.9, spectrum: str = "mixed", damping: float = 1.0, anderson: bool = True, *,
@@ -158,11 +158,11 @@ def toy_figure(contraction: float = 0.9, spectrum: str = "mixed", damping: float
     z0 = torch.zeros(1, dim, dtype=torch.float64)  # (1, dim)
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     sentences = []
-    for method in ("picard", "anderson") if anderson else ("picard",):
-        out = toy_outcome(f, z0, max_iter=max_iter, tol=tol, method=method, damping=damping)
+    for solver in ("picard", "anderson") if anderson else ("picard",):
+        out = toy_outcome(f, z0, max_iter=max_iter, tol=tol, solver=solver, damping=damping)
         sentences.append(out.sentence)
         if out.rel_trace:
-            ax.semilogy(range(1, len(out.rel_trace) + 1), out.rel_trace, marker=".", label=f"{method}: {out.status}")
+            ax.semilogy(range(1, len(out.rel_trace) + 1), out.rel_trace, marker=".", label=f"{solver}: {out.status}")
     ax.set(xlabel="iteration", ylabel="relative residual",
            title=f"{spectrum} spectrum, c = {contraction:.2f}, damping = {damping:.2f}")
     if ax.lines:

@@ -20,8 +20,7 @@ import torch
 
 from fpdm_core.bench import headline
 from fpdm_core.assets import CHECKOUT_DIR
-from fpdm_core.checkpoints import load_checkpoint, load_model
-from fpdm_core.diffusion import GaussianDiffusion
+from fpdm_core.checkpoints import load_checkpoint, load_pipeline
 from fpdm_core.metrics import classifier_meta
 from fpdm_core.models import count_parameters
 from fpdm_core.plots import save_grid
@@ -48,9 +47,8 @@ def training_curves(out: Path) -> None:
 
 def sample_grids(out: Path, seed: int) -> None:
     """One column per class, 4 rows, each model at the paper's budget (FPDM by the smoothing rule)."""
-    diffusion = GaussianDiffusion()
     for kind, stem in FILES.items():
-        model = load_model(CHECKOUT_DIR / f"{stem}.safetensors")
+        model, diffusion = load_pipeline(CHECKOUT_DIR / f"{stem}.safetensors")
         depth = 8  # budgets are DiT-FM-M steps
         cfg = (SamplerConfig(budget=PAPER_BUDGET * depth) if kind == "fpdm"
                else SamplerConfig(steps=PAPER_BUDGET * depth // model.config.depth))

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from fpdm_core import checkpoints, interop, latents, sample, train
 from fpdm_core.budget import CostModel, Split, splits_for_budget, timestep_smoothing
 from fpdm_core.checkpoints import FORMAT, CheckpointError, atomic_save, load_model, save_checkpoint
+from fpdm_core.diffusion import BETA_SCHEDULES, MAX_TIMESTEPS, PREDICTIONS
 from fpdm_core.models import LIMITS, PRESETS, ModelConfig, build_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -284,7 +285,9 @@ TRAIN_FLAGS = {
     "--threads": bad_ints(1, CPUS), "--seed": bad_ints(0, 2**32 - 1), "--lr": bad_floats(0.0, lo_open=True),
     "--weight-decay": bad_floats(0.0), "--warmup-steps": bad_ints(0), "--grad-clip": bad_floats(0.0, lo_open=True),
     "--ema-decay": bad_floats(0.0, 1.0), "--batch-size": bad_ints(1), "--log-every": bad_ints(1),
-    "--save-every": bad_ints(1), "--model": bad_choice(sorted(PRESETS)), "--method": bad_choice(train.METHODS),
+    "--save-every": bad_ints(1), "--model": bad_choice(sorted(PRESETS)), "--gradient": bad_choice(train.GRADIENTS),
+    "--num-timesteps": bad_ints(1, MAX_TIMESTEPS), "--beta-schedule": bad_choice(BETA_SCHEDULES),
+    "--prediction": bad_choice(PREDICTIONS),
 }
 
 

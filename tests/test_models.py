@@ -392,8 +392,8 @@ def test_config_round_trips_through_a_dict_and_refuses_unknown_fields():
 
 
 # ----------------------------------------------------------------------------- bf16 autocast
-@pytest.mark.parametrize("method", ["picard", "anderson"])
-def test_under_autocast_only_the_map_runs_in_bf16_and_the_solver_in_float32(monkeypatch, method):
+@pytest.mark.parametrize("solver", ["picard", "anderson"])
+def test_under_autocast_only_the_map_runs_in_bf16_and_the_solver_in_float32(monkeypatch, solver):
     import fpdm_core.models as models
 
     model = perturbed("FPDM-tiny", input_size=8)
@@ -406,14 +406,14 @@ def test_under_autocast_only_the_map_runs_in_bf16_and_the_solver_in_float32(monk
 
     monkeypatch.setattr(models, "solve", spy_solve)
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
-        out, z, stats = model(x, t, y, max_iter=4, method=method)
+        out, z, stats = model(x, t, y, max_iter=4, solver=solver)
     assert seen == [("solver", False)] + [("map", False)] * 4  # the spy sits outside the map's own autocast
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all() and stats.rel_trace.dtype == torch.float32
     monkeypatch.undo()
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
         map_dtypes = []
         model.block_fixed_point.register_forward_hook(lambda m, i, o: map_dtypes.append(o.dtype))
-        model(x, t, y, max_iter=2, method=method)
+        model(x, t, y, max_iter=2, solver=solver)
     assert map_dtypes == [torch.bfloat16] * 2  # ... while the map itself is in bf16
 
 

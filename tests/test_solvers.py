@@ -66,17 +66,17 @@ def test_evaluation_count():
         calls.append(1)
         return 0.5 * z
 
-    for method in SOLVERS:
+    for solver in SOLVERS:
         calls.clear()
-        _, stats = solve(f, torch.ones(2, 3), max_iter=7, method=method)
+        _, stats = solve(f, torch.ones(2, 3), max_iter=7, solver=solver)
         assert len(calls) == stats.iterations == 7
 
 
 def test_picard_and_anderson_reach_fixed_point_anderson_faster():
     f, z_star = make_contraction(bsz=4, dim=16, lo=0.5, hi=0.9, seed=0)
     z0 = torch.zeros_like(z_star)
-    zp, sp = solve(f, z0, max_iter=500, tol=1e-6, stop_mode="abs", method="picard")
-    za, sa = solve(f, z0, max_iter=500, tol=1e-6, stop_mode="abs", method="anderson")
+    zp, sp = solve(f, z0, max_iter=500, tol=1e-6, stop_mode="abs", solver="picard")
+    za, sa = solve(f, z0, max_iter=500, tol=1e-6, stop_mode="abs", solver="anderson")
     assert sp.converged.all() and sa.converged.all()
     assert torch.allclose(zp, z_star, atol=1e-5)
     assert torch.allclose(za, z_star, atol=1e-5)
@@ -127,17 +127,17 @@ def test_warm_start_lowers_first_residual():
     assert (warm_stats.abs_trace[:, 0] < cold_stats.abs_trace[:, 0]).all()
 
 
-@pytest.mark.parametrize("method", SOLVERS)
+@pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("stop_mode", ["abs", "rel"])
-def test_tol_stop_and_fixed_count_flags(method, stop_mode):
+def test_tol_stop_and_fixed_count_flags(solver, stop_mode):
     f, _ = make_contraction(bsz=2, dim=6, lo=0.3, hi=0.6, seed=3)
     z0 = torch.zeros(2, 6, dtype=torch.float64)
-    _, stats = solve(f, z0, max_iter=200, tol=1e-4, stop_mode=stop_mode, method=method)
+    _, stats = solve(f, z0, max_iter=200, tol=1e-4, stop_mode=stop_mode, solver=solver)
     assert stats.converged.dtype == torch.bool and stats.converged.all()
     assert stats.iterations < 200
     trace = stats.abs_trace if stop_mode == "abs" else stats.rel_trace
     assert (trace[:, -1] <= 1e-4).all() and (trace[:, -2] > 1e-4).any()
-    _, fixed = solve(f, z0, max_iter=200, method=method)
+    _, fixed = solve(f, z0, max_iter=200, solver=solver)
     assert fixed.iterations == 200 and not fixed.converged.any()
 
 
@@ -149,9 +149,9 @@ def test_picard_gradient_flows():
     assert torch.allclose(w.grad, torch.tensor(12.0))
 
 
-@pytest.mark.parametrize("method", SOLVERS)
+@pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_raises(method, bad):
+def test_non_finite_raises(solver, bad):
     def f(z):
         out = 0.5 * z + 1.0
         return out if f.calls < 2 else out + bad
@@ -162,7 +162,7 @@ def test_non_finite_raises(method, bad):
 
     f.calls = -1
     with pytest.raises(NonFiniteError) as err:
-        solve(counted, torch.ones(2, 3), max_iter=10, method=method, label="timestep 999")
+        solve(counted, torch.ones(2, 3), max_iter=10, solver=solver, label="timestep 999")
     msg = str(err.value)
     assert "timestep 999" in msg and "iteration 3" in msg and "damping" in msg
     assert isinstance(err.value, FloatingPointError)
@@ -172,7 +172,7 @@ def test_non_finite_raises(method, bad):
     "kwargs, match",
     [
         ({"max_iter": 0}, "max_iter"),
-        ({"method": "broyden"}, "picard, anderson"),
+        ({"solver": "broyden"}, "unknown solver .broyden.; valid solvers: picard, anderson"),
         ({"stop_mode": "l2"}, "stop_mode"),
         ({"damping": 0.0}, "damping"),
         ({"damping": 1.5}, "damping"),
@@ -189,7 +189,7 @@ def test_bad_arguments(kwargs, match):
 
 def test_stats_to_dict_is_json():
     f, _ = make_contraction(bsz=2, dim=4, lo=0.3, hi=0.6, seed=4)
-    _, stats = solve(f, torch.zeros(2, 4, dtype=torch.float64), max_iter=50, tol=1e-3, method="anderson")
+    _, stats = solve(f, torch.zeros(2, 4, dtype=torch.float64), max_iter=50, tol=1e-3, solver="anderson")
     assert isinstance(stats, SolverStats)
     d = json.loads(json.dumps(stats.to_dict()))
     assert d["iterations"] == stats.iterations
@@ -218,7 +218,7 @@ def test_anderson_reaches_the_fixed_point_like_torchdeq_in_no_more_iterations(to
     solver_mod = pytest.importorskip("torchdeq.solver")
     f, z_star = make_contraction(bsz=2, dim=8, lo=0.5, hi=0.9, seed=5, dtype=torch.float32)
     z0 = torch.zeros_like(z_star)
-    ours, stats = solve(f, z0, max_iter=100, tol=tol, stop_mode="abs", method="anderson")
+    ours, stats = solve(f, z0, max_iter=100, tol=tol, stop_mode="abs", solver="anderson")
     theirs, _, info = solver_mod.get_solver("anderson")(f, z0, max_iter=100, tol=tol, stop_mode="abs")
     assert bool(stats.converged.all()) and stats.iterations <= int(info["nstep"].max())
     assert float((ours - z_star).abs().max()) <= 10 * tol

@@ -65,16 +65,16 @@ def metrics(run_dir) -> list[dict]:
 # ----------------------------------------------------------------------------- iteration draws
 def test_defaults_follow_the_paper():
     cfg = TrainConfig(max_steps=1)
-    assert cfg.method == "sjfb" and cfg.no_grad_iters == (0, 10) and cfg.grad_iters == (1, 12)
+    assert cfg.gradient == "sjfb" and cfg.no_grad_iters == (0, 10) and cfg.grad_iters == (1, 12)
 
 
 @pytest.mark.parametrize("no_grad, grad", [((0, 3), (1, 4)), ((2, 2), (3, 5)), ((0, 0), (1, 1))])
-def test_draw_iterations_ranges_are_inclusive_and_methods_keep_their_meaning(no_grad, grad):
+def test_draw_iterations_ranges_are_inclusive_and_gradients_keep_their_meaning(no_grad, grad):
     draws = {}
-    for method in ("sjfb", "jfb", "full"):
-        cfg = TrainConfig(method=method, no_grad_iters=no_grad, grad_iters=grad, max_steps=1)
+    for gradient in ("sjfb", "jfb", "full"):
+        cfg = TrainConfig(gradient=gradient, no_grad_iters=no_grad, grad_iters=grad, max_steps=1)
         gen = torch.Generator().manual_seed(0)
-        draws[method] = [draw_iterations(cfg, gen) for _ in range(400)]
+        draws[gradient] = [draw_iterations(cfg, gen) for _ in range(400)]
     ng, g = zip(*draws["sjfb"])
     assert set(ng) == set(range(no_grad[0], no_grad[1] + 1))
     assert set(g) == set(range(grad[0], grad[1] + 1))
@@ -208,7 +208,7 @@ def test_jfb_gradient_differs_from_full_backprop():
 # ----------------------------------------------------------------------------- config
 @pytest.mark.parametrize("fields, message", [
     (dict(model="FPDM-XXL"), "unknown model preset"),
-    (dict(method="bptt"), "unknown training method"),
+    (dict(gradient="bptt"), "unknown gradient .bptt.; choose one of"),
     (dict(grad_iters=(0, 3)), "grad_iters must be a range"),
     (dict(no_grad_iters=(3, 1)), "no_grad_iters must be a range"),
     (dict(batch_size=0), "batch_size"),
@@ -254,10 +254,10 @@ def test_model_overrides_travel_with_the_checkpoint_and_block_a_different_resume
 
 
 # ----------------------------------------------------------------------------- Trainer
-@pytest.mark.parametrize("method, check", [("jfb", lambda r: r["n_grad"] == 1), ("full", lambda r: r["n_no_grad"] == 0),
+@pytest.mark.parametrize("gradient, check", [("jfb", lambda r: r["n_grad"] == 1), ("full", lambda r: r["n_no_grad"] == 0),
                                            ("sjfb", lambda r: 0 <= r["n_no_grad"] <= 2 and 1 <= r["n_grad"] <= 2)])
-def test_trainer_steps_record_the_iteration_draws(fake_data, method, check):
-    trainer = Trainer(tiny_config(fake_data, method=method))
+def test_trainer_steps_record_the_iteration_draws(fake_data, gradient, check):
+    trainer = Trainer(tiny_config(fake_data, gradient=gradient))
     rows = [trainer.step() for _ in range(3)]
     assert all(check(r) and np.isfinite(r["loss"]) for r in rows)
     for r in rows:  # the no-grad phase's final relative residual, when it ran
@@ -340,7 +340,7 @@ def test_cli_with_a_bad_flag_exits_2_with_a_message(tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--max-steps", "1", "--method", "bptt"], "invalid choice: 'bptt'"),
+    (["--max-steps", "1", "--gradient", "bptt"], "invalid choice: 'bptt'"),
     (["--max-steps", "1", "--grad-iters", "0", "3"], "grad_iters must be a range"),
     (["--max-steps", "1", "--no-grad-iters", "4"], "expected 2 arguments"),
     (["--max-steps", "x"], "invalid int value: 'x'"),

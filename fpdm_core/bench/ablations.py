@@ -29,8 +29,8 @@ CLAIMS = ["S-JFB trains better than JFB (one gradient iteration) and than backpr
 BASELINE = "S-JFB U{0..10}/U{1..12}"
 VARIANTS: dict[str, tuple[dict, dict]] = {  # name: (TrainConfig.model_overrides, other TrainConfig fields)
     BASELINE: ({}, {}),
-    "JFB (n_grad = 1)": ({}, dict(method="jfb")),
-    "full backprop": ({}, dict(method="full")),
+    "JFB (n_grad = 1)": ({}, dict(gradient="jfb")),
+    "full backprop": ({}, dict(gradient="full")),
     "pre/post 2/2": (dict(pre_depth=2, post_depth=2), {}),
     "S-JFB U{0..4}/U{1..4}": ({}, dict(no_grad_iters=(0, 4), grad_iters=(1, 4))),
 }
@@ -47,7 +47,7 @@ LOSS_POINTS = 100  # loss curve points kept per run
 def worst_case_draw(cfg) -> tuple[int, int]:
     """The (n_no_grad, n_grad) of a TrainConfig's most memory-hungry step."""
     hi_ng, hi_g = cfg.no_grad_iters[1], cfg.grad_iters[1]
-    return {"sjfb": (hi_ng, hi_g), "jfb": (hi_ng, 1), "full": (0, hi_ng + hi_g)}[cfg.method]
+    return {"sjfb": (hi_ng, hi_g), "jfb": (hi_ng, 1), "full": (0, hi_ng + hi_g)}[cfg.gradient]
 
 
 def run_specs(ctx: Context, classifier_path: Path | None) -> list[dict]:
@@ -66,7 +66,6 @@ def run_specs(ctx: Context, classifier_path: Path | None) -> list[dict]:
 def train_and_score(spec: dict) -> dict:
     """Train one variant with one seed, then sample and judge it (runs in a worker process with --jobs)."""
     from .. import metrics
-    from ..diffusion import GaussianDiffusion
     from ..sampling import SamplerConfig
     from ..train import TrainConfig, Trainer
     from .scoring import sample_and_score, summary
@@ -89,7 +88,7 @@ def train_and_score(spec: dict) -> dict:
     n_ng, n_g = worst_case_draw(cfg)
     mem = estimate_step_memory(c, spec["batch"], n_no_grad=n_ng, n_grad=n_g)
     row = {"variant": spec["variant"], "seed": spec["seed"], "pre_post": f"{c.pre_depth}/{c.post_depth}",
-           "method": cfg.method, "no_grad_iters": cfg.no_grad_iters, "grad_iters": cfg.grad_iters,
+           "method": cfg.gradient, "no_grad_iters": cfg.no_grad_iters, "grad_iters": cfg.grad_iters,
            "params": mem["params"], "steps": len(losses), "target_steps": spec["steps"], "seconds": seconds,
            "steps_per_s": len(losses) / seconds, "final_loss": float(np.mean(losses[-max(1, len(losses) // 10):])),
            "loss_curve": _downsample(losses), "worst_case_draw": [n_ng, n_g],
@@ -97,7 +96,7 @@ def train_and_score(spec: dict) -> dict:
            "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}
     classifier = metrics.load_classifier(spec["classifier"] or metrics.CLASSIFIER_PATH, device=device)
     sampler = SamplerConfig(budget=SAMPLE_STEPS * BLOCKS_PER_STEP, steps=SAMPLE_STEPS)
-    scored = sample_and_score(trainer.ema, GaussianDiffusion().to(device), sampler, classifier, n=spec["n"],
+    scored = sample_and_score(trainer.ema, trainer.diffusion, sampler, classifier, n=spec["n"],
                               seed=spec["eval_seed"], device=device)
     row.update(summary(scored, metrics.real_stats(classifier, n=spec["real_n"])), sampler=sampler.to_dict())
     return {"row": row, "correct": scored.correct}

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .harness import Context, finding, load_checkpoint_model, log, pyplot, save_figure, write_result
+from .harness import Context, bench_diffusion, finding, load_checkpoint_model, log, pyplot, save_figure, write_result
 
 NAME = "convergence"
 TITLE = "Convergence of the fixed-point solve"
@@ -33,13 +33,12 @@ def residual_summary(m: np.ndarray) -> dict:
 
 
 def run(ctx: Context) -> Path:
-    from ..diffusion import GaussianDiffusion
     from ..plots import residual_matrix
     from ..sampling import SamplerConfig, sample
 
     started, sc = time.perf_counter(), ctx.scale
     model, path = load_checkpoint_model(ctx, "fpdm")
-    diffusion = GaussianDiffusion().to(ctx.device)
+    diffusion = bench_diffusion(ctx)
     labels = torch.arange(sc.conv_batch) % max(model.config.num_classes, 1)
     runs = []
     for solver in ("picard", "anderson"):

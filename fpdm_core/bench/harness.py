@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from .. import assets, metrics
-from ..checkpoints import load_model
+from ..checkpoints import load_model, read_header, stored_diffusion
+from ..diffusion import DiffusionConfig, GaussianDiffusion
 
 PAPER = {"param_reduction_pct": 87.0, "memory_saving_pct": 60.0, "dit_steps": 20, "iteration_vs_block": 1.36}
 GiB, MiB = 2**30, 2**20
@@ -253,12 +254,32 @@ def save_figure(ctx: Context, name: str, fig) -> None:
 
 
 # ----------------------------------------------------------------------------- models and the judge
+def checkpoint_path(ctx: Context, kind: str) -> Path:
+    """The `--fpdm`/`--dit` checkpoint, else the shipped one."""
+    return {"fpdm": ctx.fpdm_path, "dit": ctx.dit_path}[kind] or assets.shipped(kind)
+
+
 def load_checkpoint_model(ctx: Context, kind: str):
     """(EMA model, path) of the `--fpdm`/`--dit` checkpoint, else the shipped one."""
-    path = {"fpdm": ctx.fpdm_path, "dit": ctx.dit_path}[kind] or assets.shipped(kind)
+    path = checkpoint_path(ctx, kind)
     if not path.is_file():
         raise FileNotFoundError(f"no {kind.upper()} checkpoint at {path}: train one (see README) or pass --{kind} PATH")
     return load_model(path, device=ctx.device), path
+
+
+def bench_diffusion(ctx: Context) -> GaussianDiffusion:
+    """The diffusion process the benchmarked checkpoints were trained with, on `ctx.device`.
+
+    Paired comparisons sample every model from the same noise through one process, so checkpoints
+    (--fpdm, --dit, --dit-deep) trained with different processes are refused; a missing file is left
+    to `load_checkpoint_model` to report.
+    """
+    paths = [p for p in (checkpoint_path(ctx, "fpdm"), checkpoint_path(ctx, "dit"), ctx.dit_deep_path) if p]
+    configs = {p.name: stored_diffusion(read_header(p)[0]) for p in paths if p.is_file()}
+    if len(set(configs.values())) > 1:
+        raise ValueError(f"the checkpoints were trained with different diffusion processes ({configs}): "
+                         f"benchmark models trained with the same one")
+    return GaussianDiffusion.from_config(next(iter(configs.values()), DiffusionConfig())).to(ctx.device)
 
 
 def load_judge(ctx: Context):

@@ -16,8 +16,8 @@ from .. import assets
 from ..checkpoints import load_model
 from ..devices import resolve_precision
 from ..sampling import SamplerConfig, plan_for
-from .harness import (Context, finding, load_checkpoint_model, log, machine_info, pyplot, result_path, save_figure,
-                      write_result)
+from .harness import (Context, bench_diffusion, finding, load_checkpoint_model, log, machine_info, pyplot, result_path,
+                      save_figure, write_result)
 from .points import MIN_ACCURACY, Evaluator, metric_info
 
 NAME = "headline"
@@ -138,10 +138,9 @@ EXAMPLE_BUDGETS = (2, 20)  # DiT-step budgets shown side by side in headline_exa
 
 def draw_examples(ctx: Context, models: dict, best: dict, depth: int) -> None:
     """headline_examples.png: one image per class from DiT and FPDM (best split) at two budgets, same noise."""
-    from ..diffusion import GaussianDiffusion
     from ..sampling import balanced_labels, sample_many
 
-    plt, diffusion = pyplot(), GaussianDiffusion().to(ctx.device)
+    plt, diffusion = pyplot(), bench_diffusion(ctx)
     labels = balanced_labels(10, models["dit"][0].config.num_classes)
     panels = []
     for b in EXAMPLE_BUDGETS:

@@ -13,7 +13,7 @@ import torch
 from ..diffusion import GaussianDiffusion
 from ..sampling import SamplerConfig, balanced_labels, per_image_costs, sample_many
 from ..scores import METRICS, Reference, Scores, build_reference, paired_differences, score, summarize
-from .harness import Context, load_judge
+from .harness import Context, bench_diffusion, load_judge
 
 BATCH = 500  # images per sampling batch: part of the noise pairing, so fixed across machines
 SELECTION_SEED = 10_000  # seed set the landscape chooses splits on; reports use ctx.seed (disjoint batches)
@@ -35,7 +35,7 @@ class Evaluator:
     def __post_init__(self):
         self.classifier = load_judge(self.ctx)
         self.ref = build_reference(self.classifier, device=self.ctx.device, **REFERENCE[self.ctx.scale.name])
-        self.diffusion = GaussianDiffusion().to(self.ctx.device)
+        self.diffusion = bench_diffusion(self.ctx)  # the checkpoints' process
 
     def measure(self, model, config: SamplerConfig, n: int, seed: int) -> tuple[Scores, dict]:
         """(per-image scores, summary row): every metric with its interval, costs and wall time."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .harness import PAPER, Context, finding, load_checkpoint_model, load_judge, log, pyplot, save_figure, write_result
+from .harness import PAPER, Context, bench_diffusion, finding, load_checkpoint_model, load_judge, log, pyplot, save_figure, write_result
 from .scoring import CHANCE, MIN_ACCURACY, MIN_N, paired_accuracy, power_problem, sample_and_score, summary
 
 NAME = "quality"
@@ -62,14 +62,13 @@ COMPARISONS = (  # (claim, variant claimed better, baseline variant)
 
 def run(ctx: Context) -> Path:
     from .. import metrics
-    from ..diffusion import GaussianDiffusion
     from ..sampling import SamplerConfig, plan_for
 
     started, sc = time.perf_counter(), ctx.scale
     models = {kind: load_checkpoint_model(ctx, kind) for kind in ("fpdm", "dit")}
     classifier = load_judge(ctx)
     real = metrics.real_stats(classifier, n=sc.real_n)
-    diffusion = GaussianDiffusion().to(ctx.device)
+    diffusion = bench_diffusion(ctx)
     depth = models["dit"][0].config.depth
     rows, comparisons = [], []
     for k in sc.budgets:

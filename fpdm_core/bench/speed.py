@@ -18,7 +18,7 @@ import torch
 from ..budget import CostModel
 from ..devices import resolve_precision
 from ..models import build_model
-from .harness import (PAPER, Context, finding, load_checkpoint_model, log, pyplot, save_figure, spread, sync, timed,
+from .harness import (PAPER, Context, bench_diffusion, finding, load_checkpoint_model, log, pyplot, save_figure, spread, sync, timed,
                       write_result)
 
 NAME = "speed"
@@ -104,11 +104,10 @@ def measure_sampling(ctx: Context, models: dict, dit_depth: int, peaks: dict) ->
     one comparison per model x budget: the speed-up and the largest differences of FPDM's per-step
     final relative residual and of the images).
     """
-    from ..diffusion import GaussianDiffusion
     from ..sampling import SamplerConfig, sample
 
     sc, dev = ctx.scale, ctx.device
-    diffusion = GaussianDiffusion().to(dev)
+    diffusion = bench_diffusion(ctx)  # the trained models'
     rows, comparisons = [], []
     for kind, model in models.items():
         labels = torch.arange(sc.sample_batch) % max(model.config.num_classes, 1)
@@ -162,13 +161,12 @@ def measure_compile(ctx: Context, models: dict, dit_depth: int) -> list[dict]:
     CPU, so the tiny mode uses the "aot_eager" backend (no code generation: a smoke test of the
     path). A backend that fails here is reported in the row, not raised.
     """
-    from ..diffusion import GaussianDiffusion
     from ..sampling import SamplerConfig, sample
 
     sc, dev = ctx.scale, ctx.device
     backend = "aot_eager" if sc.name == "tiny" else "inductor"
     k = sc.speed_budgets[len(sc.speed_budgets) // 2]
-    diffusion = GaussianDiffusion().to(dev)
+    diffusion = bench_diffusion(ctx)  # the trained models'
     rows = []
     for kind, model in models.items():
         labels = torch.arange(sc.sample_batch) % max(model.config.num_classes, 1)
