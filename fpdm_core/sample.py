@@ -1,15 +1,16 @@
-"""Sample images from an FPDM or DiT checkpoint: `python -m fpdm_core.sample --help`.
+"""The command line for `fpdm_core.sampling`: sample images from an FPDM or DiT checkpoint,
+`python -m fpdm_core.sample --help`.
 
 Writes into --out-dir: `samples.png` (one column per class), `samples.npz` (`images` uint8
 N x H x W [x C], `labels`) and `record.json` (the sampling record: plan, config, per-step
-iterations, residuals and costs, plus the checkpoint path). The sampler's defaults are
-`SamplerConfig`'s (the kit's headline settings). Bad input ends in one line on stderr and exit
-code 2, before any sampling starts; existing outputs are replaced only with --force.
+iterations, residuals and costs, plus the checkpoint path). The sampler flags are generated from
+`SamplerConfig`'s field declarations (`fpdm_core.options`): one flag per field, with its default,
+choices and limits. Bad input ends in one line on stderr and exit code 2, before any sampling
+starts; existing outputs are replaced only with --force.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -17,73 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import cli
-from .budget import ALLOCATIONS
+from . import cli, options
 from .checkpoints import SHIPPED, CheckpointError
-from .diffusion import SPACINGS
-from .models import LIMITS
-from .sampling import METHODS, SamplerConfig
-from .solvers import SOLVERS, STOP_MODES, NonFiniteError
+from .sampling import SamplerConfig
+from .solvers import NonFiniteError
 
 OUTPUTS = ("samples.png", "samples.npz", "record.json")
 MAX_IMAGES = 1024  # --n: all images are sampled as one batch (twice that with guidance)
-# Fixed-point iterations per step: a map that halves the residual per iteration (the shipped FPDM's)
-# reaches float32 precision in about 25; a budget that plans more per step is refused.
-MAX_ITERATIONS = 100
-DEFAULTS = {f.name: f.default for f in dataclasses.fields(SamplerConfig)}
-UNBUDGETED = SamplerConfig()  # steps and iterations when no budget is given
-
-
-def add_sampler_args(p: argparse.ArgumentParser) -> None:
-    """The flags that build a `SamplerConfig`, defaults taken from it (shared with `fpdm_core.metrics evaluate`)."""
-    d = DEFAULTS
-    g = p.add_argument_group("sampler")
-    g.add_argument("--budget", type=cli.int_in(1), default=d["budget"],
-                   help="block evaluations per image; alone it picks steps by timestep smoothing")
-    g.add_argument("--steps", type=cli.int_in(1), default=d["steps"],
-                   help=f"denoising steps ({UNBUDGETED.steps} without --budget)")
-    g.add_argument("--iterations", type=cli.int_in(1, MAX_ITERATIONS), default=d["iterations"],
-                   help=f"FPDM fixed-point iterations per step ({UNBUDGETED.iterations} without --budget; "
-                        f"not with --budget)")
-    g.add_argument("--allocation", default=d["allocation"], choices=ALLOCATIONS,
-                   help="how a budget's iterations spread over the steps (adaptive needs --tol)")
-    g.add_argument("--min-iterations", type=cli.int_in(1, MAX_ITERATIONS), default=d["min_iterations"],
-                   help="timestep smoothing: iterations each step keeps")
-    g.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=d["reuse"],
-                   help="start each step's solve at the previous step's fixed point")
-    g.add_argument("--solver", default=d["solver"], choices=SOLVERS, help="fixed-point solver")
-    g.add_argument("--tol", type=cli.float_in(0.0, lo_open=True), default=d["tol"],
-                   help="stop a step early at this residual")
-    g.add_argument("--stop-mode", default=d["stop_mode"], choices=STOP_MODES,
-                   help="residual --tol applies to: rel = ||f(z) - z|| / ||f(z)||, abs = ||f(z) - z||")
-    g.add_argument("--damping", type=cli.float_in(0.0, 1.0, lo_open=True), default=d["damping"],
-                   help="Picard damping (1 = plain iteration)")
-    g.add_argument("--anderson-m", type=cli.int_in(1, MAX_ITERATIONS), default=d["anderson_m"],
-                   help="Anderson: iterates kept in the history")
-    g.add_argument("--method", default=d["method"], choices=METHODS, help="reverse step")
-    g.add_argument("--eta", type=cli.float_in(0.0, 1.0), default=d["eta"], help="DDIM noise (0 = deterministic)")
-    g.add_argument("--spacing", default=d["spacing"], choices=SPACINGS, help="timestep spacing")
-    g.add_argument("--cfg-scale", type=cli.float_in(0.0), default=d["cfg_scale"],
-                   help="classifier-free guidance scale (1 = none)")
-    g.add_argument("--cfg-channels", type=cli.int_in(1, LIMITS["in_channels"]), default=d["cfg_channels"],
-                   help="guide only the first K channels (DiT's quirk: 3; default: all)")
-    g.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=d["clip_x0"],
-                   help="clip the predicted clean image to [-1, 1]")
-    g.add_argument("--precision", default=d["precision"], choices=("fp32", "bf16", "auto"), help="autocast precision")
-
-
-def sampler_config_from_args(a: argparse.Namespace, p: argparse.ArgumentParser) -> SamplerConfig:
-    """`SamplerConfig` from parsed flags; invalid combinations exit via `p.error` (code 2)."""
-    if a.budget is not None and a.iterations is not None:
-        p.error("--iterations cannot be combined with --budget (the budget decides the iterations)")
-    try:
-        return SamplerConfig(steps=a.steps, iterations=a.iterations, budget=a.budget, allocation=a.allocation,
-                             min_iterations=a.min_iterations, reuse=a.reuse, solver=a.solver, tol=a.tol,
-                             stop_mode=a.stop_mode, damping=a.damping, anderson_m=a.anderson_m, method=a.method,
-                             eta=a.eta, spacing=a.spacing, cfg_scale=a.cfg_scale, cfg_channels=a.cfg_channels,
-                             clip_x0=a.clip_x0, precision=a.precision)
-    except ValueError as e:
-        p.error(str(e))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=cli.int_in(1, MAX_IMAGES), default=20, help="number of images (one batch)")
     p.add_argument("--classes", type=int, nargs="+", default=None, metavar="ID",
                    help="class ids to cycle through, one grid column each (id num_classes = unconditional; None = every class)")
-    add_sampler_args(p)
+    options.add_arguments(p, SamplerConfig, title="sampler (fpdm_core.sampling.SamplerConfig)")
     p.add_argument("--seed", type=cli.int_in(0, cli.MAX_SEED), default=0,
                    help="seed of the torch.Generator that draws all noise (0..2**32-1: torch keeps 32 bits)")
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:N or mps")
@@ -123,16 +64,6 @@ def missing_checkpoint_message(path: Path) -> str:
             f"--run-dir runs/fpdm --max-minutes 60`, then pass `--checkpoint runs/fpdm/checkpoint.safetensors`")
 
 
-def check_plan(plan: dict) -> None:
-    """Refuse a plan that gives a step more than MAX_ITERATIONS fixed-point iterations (a budget far too large)."""
-    most = max(plan["iterations"], default=0)
-    if most > MAX_ITERATIONS:
-        explicit = plan["budget"] - sum(plan["iterations"])  # blocks outside the fixed point, all steps
-        fits = explicit + plan["steps"] * MAX_ITERATIONS
-        raise ValueError(f"budget {plan['budget']} plans {most} fixed-point iterations for a step, more than the "
-                         f"limit {MAX_ITERATIONS}: lower --budget to at most {fits} for {plan['steps']} steps")
-
-
 def run(a: argparse.Namespace, config: SamplerConfig) -> Path:
     """Sample as the parsed flags say and write the three outputs; returns the output folder.
 
@@ -156,7 +87,6 @@ def run(a: argparse.Namespace, config: SamplerConfig) -> Path:
     diffusion = GaussianDiffusion().to(device)
     labels = class_labels(a.n, a.classes, model.config.num_classes)  # (n,)
     record = new_record(model, diffusion, config)  # raises ValueError for an impossible budget
-    check_plan(record.plan)
     steps = sample_progressive(model, diffusion, labels, config, generator=torch.Generator().manual_seed(a.seed),
                                device=device, record=record)
     with tqdm(steps, total=len(record.timesteps), desc="sampling", disable=a.no_progress, dynamic_ncols=True) as bar:
@@ -177,7 +107,7 @@ def run(a: argparse.Namespace, config: SamplerConfig) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
-    config = sampler_config_from_args(a, p)
+    config = options.from_args(SamplerConfig, a, p)
     if a.threads:
         torch.set_num_threads(a.threads)
     try:

@@ -10,52 +10,91 @@ from typing import Iterator, NamedTuple
 
 import torch
 
-from .budget import SMOOTHING_MIN_ITERATIONS, CostModel, Plan, make_plan
-from .devices import autocast
-from .diffusion import GaussianDiffusion, spaced_timesteps
-from .models import DiT, FPDM
-from .solvers import SOLVERS, NonFiniteError
+from .budget import ALLOCATIONS, NUM_TIMESTEPS, SMOOTHING_MIN_ITERATIONS, CostModel, Plan, make_plan
+from .devices import PRECISIONS, autocast
+from .diffusion import SPACINGS, STEP_METHODS, GaussianDiffusion, spaced_timesteps
+from .models import LIMITS as MODEL_LIMITS, DiT, FPDM
+from .options import check_fields, option, options_of
+from .solvers import SOLVERS, STOP_MODES, NonFiniteError
 
-METHODS = ("ddim", "ddpm")
+# Fixed-point iterations per step, however they are asked for (directly, or planned from a budget): a map that
+# halves the residual per iteration (the shipped FPDM's) reaches float32 precision in about 25.
+MAX_ITERATIONS = 100
+UNBUDGETED_STEPS, UNBUDGETED_ITERATIONS = 20, 6  # (steps, iterations) when neither a budget nor they are given
+MAX_CFG_SCALE = 10.0  # guidance beyond this saturates the images
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """How to sample. Give (steps, iterations), (budget, steps) or a budget alone."""
+    """How to sample. Give (steps, iterations), (budget, steps) or a budget alone.
 
-    steps: int | None = None  # default 20 when no budget is given
-    iterations: int | None = None  # fixed-point iterations per step (FPDM); default 6 without a budget
-    budget: int | None = None  # block evaluations per image; with it, `iterations` is not used
-    allocation: str = "uniform"  # uniform | increasing | decreasing | adaptive
-    min_iterations: int = SMOOTHING_MIN_ITERATIONS  # timestep-smoothing rule when only a budget is given
-    reuse: bool = True  # start each step's solve at the previous step's fixed point
-    solver: str = "picard"  # picard | anderson
-    tol: float | None = None  # stop a step early at this residual (always used by `adaptive`)
-    stop_mode: str = "rel"
-    damping: float = 1.0
-    anderson_m: int = 5
-    method: str = "ddim"  # ddim | ddpm
-    eta: float = 0.0
-    spacing: str = "trailing"  # first step at t = T-1 (Lin et al. 2024)
-    cfg_scale: float = 3.0  # classifier-free guidance; 1 = none. 3 is the kit's headline setting
-    cfg_channels: int | None = None  # guide only the first k channels (DiT's quirk: 3); None = all
-    clip_x0: bool = True
-    precision: str = "fp32"
+    Every field is declared once (`fpdm_core.options`): the checks below, the sample CLI's flags and
+    the app's controls all come from these declarations.
+    """
+
+    steps: int | None = option(
+        None, f"denoising steps ({UNBUDGETED_STEPS} without a budget; a budget alone picks them by timestep "
+              "smoothing)", lo=1, hi=NUM_TIMESTEPS, label="sampling steps", app="main")
+    iterations: int | None = option(
+        None, f"FPDM fixed-point iterations per step ({UNBUDGETED_ITERATIONS} without a budget; not with a budget)",
+        lo=1, hi=MAX_ITERATIONS, when=("budget", None), label="iterations per step", app="main")
+    budget: int | None = option(
+        None, "block evaluations per image (with it, the budget decides the iterations)", lo=1,
+        label="budget (block evaluations per image)", app="main")
+    allocation: str = option(
+        "uniform", "how a budget's iterations spread over the steps: increasing = more at high noise; adaptive "
+                   "stops each step at the tolerance and needs one", choices=ALLOCATIONS,
+        label="allocation across timesteps", app="main")
+    min_iterations: int = option(
+        SMOOTHING_MIN_ITERATIONS, "timestep smoothing (a budget alone): fixed-point iterations each step keeps",
+        lo=1, hi=MAX_ITERATIONS, label="smoothing: iterations per step")
+    reuse: bool = option(True, "start each step's solve at the previous step's fixed point", label="solution reuse",
+                         app="main")
+    solver: str = option("picard", "fixed-point solver", choices=SOLVERS, label="solver", app="main")
+    tol: float | None = option(
+        None, "stop a step early at this residual (unset: run every planned iteration)", lo=0.0, lo_open=True,
+        label="tolerance", app="main")
+    stop_mode: str = option("rel", "residual the tolerance applies to: rel = |f(z) - z| / |f(z)|, abs = |f(z) - z|",
+                            choices=STOP_MODES, label="stop mode")
+    damping: float = option(1.0, "Picard damping (1 = plain iteration)", lo=0.0, hi=1.0, lo_open=True,
+                            when=("solver", "picard"), ui_step=0.05, label="damping")
+    anderson_m: int = option(5, "Anderson: iterates kept in the history", lo=1, hi=MAX_ITERATIONS,
+                             when=("solver", "anderson"), label="Anderson history")
+    step: str = option("ddim", "reverse step: ddim (deterministic at eta 0) or ddpm (ancestral)",
+                       choices=STEP_METHODS, label="reverse step")
+    eta: float = option(0.0, "DDIM noise (0 = deterministic)", lo=0.0, hi=1.0, when=("step", "ddim"), ui_step=0.1,
+                        label="DDIM eta")
+    spacing: str = option("trailing", "timestep spacing (trailing: the first step at t = T-1, Lin et al. 2024)",
+                          choices=SPACINGS, label="timestep spacing")
+    cfg_scale: float = option(3.0, "classifier-free guidance scale (1 = none; 3 is the kit's headline setting)",
+                              lo=0.0, hi=MAX_CFG_SCALE, ui_step=0.5, label="guidance scale", app="main")
+    cfg_channels: int | None = option(
+        None, "guide only the first K channels (DiT's quirk: 3; unset: all)", lo=1, hi=MODEL_LIMITS["in_channels"],
+        label="guided channels")
+    clip_x0: bool = option(True, "clip the predicted clean image to [-1, 1]", label="clip x0")
+    precision: str = option("fp32", "autocast precision (auto: bf16 where the hardware runs it fast)",
+                            choices=PRECISIONS, label="precision")
 
     def __post_init__(self):
         if self.budget is None:
-            object.__setattr__(self, "steps", 20 if self.steps is None else self.steps)
-            object.__setattr__(self, "iterations", 6 if self.iterations is None else self.iterations)
+            object.__setattr__(self, "steps", UNBUDGETED_STEPS if self.steps is None else self.steps)
+            object.__setattr__(self, "iterations", UNBUDGETED_ITERATIONS if self.iterations is None else self.iterations)
         else:
             object.__setattr__(self, "iterations", None)
-        if self.solver not in SOLVERS:
-            raise ValueError(f"unknown solver {self.solver!r}; choose one of {SOLVERS}")
-        if self.method not in METHODS:
-            raise ValueError(f"unknown sampling method {self.method!r}; choose one of {METHODS}")
+        check_fields(self)
         if self.allocation == "adaptive" and self.tol is None:
             raise ValueError("allocation 'adaptive' needs a residual tolerance `tol` (e.g. 1e-3)")
-        if self.cfg_scale < 0:
-            raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SamplerConfig":
+        """A config from `to_dict()`'s output, also as older records wrote it ("method" for `step`)."""
+        d = dict(d)
+        if "method" in d and "step" not in d:
+            d["step"] = d.pop("method")
+        unknown = sorted(set(d) - set(options_of(cls)))
+        if unknown:
+            raise ValueError(f"unknown sampler settings {unknown}; known: {', '.join(options_of(cls))}")
+        return cls(**d)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,8 +144,15 @@ class SamplerStep(NamedTuple):
 
 
 def plan_for(model: DiT | FPDM, config: SamplerConfig) -> Plan:
-    return make_plan(CostModel.of(model.config), steps=config.steps, iterations=config.iterations,
+    """The plan `config` asks of `model`; ValueError for a budget that gives a step more than MAX_ITERATIONS."""
+    plan = make_plan(CostModel.of(model.config), steps=config.steps, iterations=config.iterations,
                      budget=config.budget, allocation=config.allocation, min_iterations=config.min_iterations)
+    most = max(plan.iterations, default=0)
+    if most > MAX_ITERATIONS:
+        fits = plan.budget - sum(plan.iterations) + plan.steps * MAX_ITERATIONS  # the explicit blocks, then the cap
+        raise ValueError(f"budget {plan.budget} plans {most} fixed-point iterations for a step, more than the limit "
+                         f"{MAX_ITERATIONS}: lower the budget to at most {fits} for {plan.steps} steps")
+    return plan
 
 
 @torch.no_grad()
@@ -161,7 +207,7 @@ def sample_progressive(model: DiT | FPDM, diffusion: GaussianDiffusion, labels, 
         if guided:
             out = diffusion.guided_output(out, config.cfg_scale, config.cfg_channels)[:B]
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-        if config.method == "ddim":
+        if config.step == "ddim":
             x, x0 = diffusion.ddim_step(out, t, t_prev, x, eta=config.eta, generator=generator, clip_x0=config.clip_x0)
         else:
             x, x0 = diffusion.ddpm_step(out, t, t_prev, x, generator=generator, clip_x0=config.clip_x0)

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fpdm_core.sample import build_parser, class_labels, main, sampler_config_from_args
+from fpdm_core.options import from_args
+from fpdm_core.sample import build_parser, class_labels, main
 from fpdm_core.sampling import SamplerConfig
 
 FAST = ["--steps", "3", "--iterations", "2", "--no-progress"]
@@ -27,8 +28,9 @@ def test_help_documents_every_flag():
     r = subprocess.run([sys.executable, "-m", "fpdm_core.sample", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     for flag in ("--checkpoint", "--weights", "--n", "--classes", "--budget", "--steps", "--iterations", "--allocation",
-                 "--reuse", "--no-reuse", "--solver", "--tol", "--damping", "--method", "--eta", "--spacing",
-                 "--cfg-scale", "--seed", "--device", "--out-dir"):
+                 "--reuse", "--no-reuse", "--solver", "--tol", "--stop-mode", "--damping", "--anderson-m", "--step",
+                 "--eta", "--spacing", "--cfg-scale", "--cfg-channels", "--clip-x0", "--no-clip-x0", "--precision",
+                 "--min-iterations", "--seed", "--device", "--out-dir"):
         assert flag in r.stdout, flag
     assert "default: 20" in r.stdout and "fpdm-fm-m.safetensors" in r.stdout
 
@@ -50,7 +52,7 @@ def test_outputs(tiny_checkpoints, tmp_path):
 
 
 def test_same_seed_same_images(tiny_checkpoints, tmp_path):
-    args = ["--checkpoint", tiny_checkpoints["fpdm"], "--n", 4, "--method", "ddpm", *FAST]
+    args = ["--checkpoint", tiny_checkpoints["fpdm"], "--n", 4, "--step", "ddpm", *FAST]
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
         assert run_cli([*args, "--seed", seed, "--out-dir", tmp_path / name]) == 0
     a, b, c = (np.load(tmp_path / name / "samples.npz")["images"] for name in "abc")
@@ -77,8 +79,7 @@ def test_class_labels_cycle():
     (["--budget", 3], "budget 3 is below"),  # FPDM-tiny: one step with 2 iterations costs 4
     (["--classes", 11], "out of range"),
     (["--classes", -1], "out of range"),
-    (["--steps", 1001, "--iterations", 1], "num_steps must be in"),
-    (["--budget", 10**12], "more than the limit 100: lower --budget"),  # planned in milliseconds, then refused
+    (["--budget", 10**12], "more than the limit 100: lower the budget"),  # planned in milliseconds, then refused
     (["--steps", 5, "--budget", 10**9], "more than the limit 100"),
 ])
 def test_bad_requests_exit_2(tiny_checkpoints, tmp_path, capsys, argv, message):
@@ -102,6 +103,10 @@ def test_bad_requests_exit_2(tiny_checkpoints, tmp_path, capsys, argv, message):
     (["--budget", "1e12"], "argument --budget: invalid int value: '1e12'"),
     (["--budget", "0"], "argument --budget: must be an integer >= 1"),
     (["--iterations", "101"], "argument --iterations: must be an integer in 1..100"),
+    (["--steps", "1001"], "argument --steps: must be an integer in 1..1000, got 1001"),
+    (["--cfg-channels", "0"], "argument --cfg-channels: must be an integer in 1..64"),
+    (["--damping", "0.5", "--solver", "anderson"], "--damping is only used with --solver picard"),
+    (["--eta", "0.5", "--step", "ddpm"], "--eta is only used with --step ddim"),
     (["--seed", "-1"], "argument --seed: must be an integer in 0..4294967295"),
     (["--seed", str(2**32)], "argument --seed: must be an integer in 0..4294967295"),
     (["--damping", "0"], "argument --damping: must be a finite number > 0.0 and <= 1.0"),
@@ -129,11 +134,11 @@ def test_missing_and_corrupt_checkpoints(tmp_path, capsys):
 # ----------------------------------------------------------------------------- defaults and outputs
 def test_defaults_are_the_sampler_configs_and_help_says_them():
     p = build_parser()
-    assert sampler_config_from_args(p.parse_args([]), p) == SamplerConfig()
+    assert from_args(SamplerConfig, p.parse_args([]), p) == SamplerConfig()
     text = p.format_help()
     d = SamplerConfig()
     for flag, value in (("--cfg-scale", d.cfg_scale), ("--spacing", d.spacing), ("--solver", d.solver),
-                        ("--method", d.method), ("--eta", d.eta)):
+                        ("--step", d.step), ("--eta", d.eta)):
         entry = text[text.index("\n  " + flag + " ") + 3:]  # the option's help, not the usage line
         assert f"(default: {value})" in " ".join(entry[:entry.index("\n  -")].split()), flag
 
@@ -144,7 +149,7 @@ def test_out_dir_problems_are_refused_before_any_work(tmp_path, capsys, monkeypa
     def no_work(*args, **kwargs):
         raise AssertionError("the model was loaded before the out-dir was checked")
 
-    monkeypatch.setattr(fpdm_core.checkpoints, "load_model", no_work)
+    monkeypatch.setattr(fpdm_core.checkpoints, "load_pipeline", no_work)
     a_file = tmp_path / "file"
     a_file.write_text("x")
     cases = [(a_file, "is a file, not a folder"), (a_file / "sub", "is a file, not a folder")]

@@ -1,6 +1,8 @@
 """Budgeted sampling: solution reuse, records, seeds, the progressive generator, guidance, DiT, non-finite errors."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -8,7 +10,6 @@ from fpdm_core.diffusion import GaussianDiffusion, spaced_timesteps
 from fpdm_core.models import build_model
 from fpdm_core.sampling import SamplerConfig, SamplerStep, new_record, sample, sample_progressive
 from fpdm_core.solvers import NonFiniteError
-
 
 
 def perturbed(name: str, seed: int = 0, std: float = 0.05, contract: float | None = 0.2, **overrides):
@@ -93,7 +94,7 @@ def test_reuse_state_lives_in_the_loop_not_on_the_model(fpdm, diffusion):
     dict(budget=41, steps=6, allocation="decreasing"),
     dict(budget=30, steps=5, allocation="adaptive", tol=1e-2),
     dict(budget=30, steps=5, tol=1e-2, solver="anderson"),
-    dict(steps=4, iterations=3, method="ddpm"),
+    dict(steps=4, iterations=3, step="ddpm"),
 ])
 def test_spent_budget_never_exceeds_the_plan(fpdm, diffusion, cfg):
     images, record = run(fpdm, diffusion, **cfg)
@@ -113,7 +114,7 @@ def test_spent_budget_never_exceeds_the_plan(fpdm, diffusion, cfg):
 
 
 def test_same_seed_gives_identical_images_and_different_seeds_differ(fpdm, diffusion):
-    cfg = dict(steps=4, iterations=2, method="ddpm")  # ancestral: noise drawn every step
+    cfg = dict(steps=4, iterations=2, step="ddpm")  # ancestral: noise drawn every step
     a, rec_a = run(fpdm, diffusion, seed=7, **cfg)
     b, rec_b = run(fpdm, diffusion, seed=7, **cfg)
     c, _ = run(fpdm, diffusion, seed=8, **cfg)
@@ -210,12 +211,36 @@ def test_null_class_samples_unconditionally(fpdm, diffusion):
     assert images.shape == (2, 1, 8, 8)
 
 
-@pytest.mark.parametrize("kwargs, message", [(dict(solver="newton"), "unknown solver"),
-                                             (dict(method="euler"), "unknown sampling method"),
-                                             (dict(cfg_scale=-1.0), "cfg_scale")])
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(solver="newton"), "SamplerConfig.solver must be one of picard, anderson; got 'newton'"),
+    (dict(step="euler"), "SamplerConfig.step must be one of ddim, ddpm"),
+    (dict(cfg_scale=-1.0), "SamplerConfig.cfg_scale must be a finite number >= 0.0"),
+    (dict(steps=0), "SamplerConfig.steps must be an integer in 1..1000, got 0"),
+    (dict(iterations=2.5), "SamplerConfig.iterations must be an integer in 1..100, got 2.5"),
+    (dict(reuse="yes"), "SamplerConfig.reuse must be true or false"),
+    (dict(allocation="adaptive", budget=40), "needs a residual tolerance"),
+])
 def test_sampler_config_errors(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         SamplerConfig(**kwargs)
+
+
+def test_old_records_that_say_method_still_load():
+    old = {("method" if k == "step" else k): v for k, v in SamplerConfig(step="ddpm").to_dict().items()}
+    assert SamplerConfig.from_dict(old) == SamplerConfig(step="ddpm")
+    assert SamplerConfig.from_dict(SamplerConfig(budget=40).to_dict()) == SamplerConfig(budget=40)
+    with pytest.raises(ValueError, match="unknown sampler settings"):
+        SamplerConfig.from_dict({"sampler": "ddim"})
+
+
+def test_a_budget_that_plans_too_many_iterations_per_step_is_refused(fpdm):
+    from fpdm_core.sampling import MAX_ITERATIONS, plan_for
+
+    explicit = fpdm.config.pre_depth + fpdm.config.post_depth
+    assert max(plan_for(fpdm, SamplerConfig(budget=explicit + MAX_ITERATIONS, steps=1)).iterations) == MAX_ITERATIONS
+    with pytest.raises(ValueError, match=f"more than the limit {MAX_ITERATIONS}: lower the budget to at most "
+                                         f"{explicit + MAX_ITERATIONS} for 1 steps"):
+        plan_for(fpdm, SamplerConfig(budget=explicit + MAX_ITERATIONS + 1, steps=1))
 
 
 def test_sample_many_pairs_noise_by_seed_and_batch(fpdm, dit, diffusion):

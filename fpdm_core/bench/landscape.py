@@ -30,9 +30,9 @@ SETTINGS = {
     "tiny": dict(steps=(1, 2), iterations=(1, 2), coarse_steps=(1,), coarse_iterations=(1,), budgets=(1, 2),
                  rules=(1, 2), n=20, n_boot=20),
 }
-GRIDS = (("ddim-g3-reuse", dict(method="ddim", reuse=True), False),  # (name, sampler fields, coarse)
-         ("ddpm-g3-reuse", dict(method="ddpm", reuse=True), True),
-         ("ddim-g3-noreuse", dict(method="ddim", reuse=False), True))
+GRIDS = (("ddim-g3-reuse", dict(step="ddim", reuse=True), False),  # (name, sampler fields, coarse)
+         ("ddpm-g3-reuse", dict(step="ddpm", reuse=True), True),
+         ("ddim-g3-noreuse", dict(step="ddim", reuse=False), True))
 
 
 def run(ctx: Context) -> Path:
@@ -71,7 +71,7 @@ def run(ctx: Context) -> Path:
     for b in st["budgets"]:
         log(f"landscape DiT: {b} steps")
         _, row = ev.measure(dit, SamplerConfig(steps=b), n, seed)
-        dits.append({"method": "ddim", "cfg_scale": cfg_scale, "block_evals": b * depth, **row})
+        dits.append({"step": "ddim", "cfg_scale": cfg_scale, "block_evals": b * depth, **row})
     main = grids[0]
     best = best_splits(main["cells"], rules, st["budgets"], depth)
     results = {"metrics": metric_info(), "grids": grids, "rules": rules, "dit": dits, "best": best,
