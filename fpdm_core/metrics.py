@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from . import assets, cli
+from . import assets, cli, options
 from .checkpoints import CheckpointError, atomic_save
 
 CLASSIFIER_PATH = assets.shipped("classifier")  # the shipped judge (found by fpdm_core.assets)
@@ -329,11 +329,9 @@ def load_samples_npz(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _evaluate_command(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     from . import scores  # scores builds on this module; imported here so the dependency stays one-way
-    from .checkpoints import load_model
+    from .checkpoints import load_pipeline
     from .devices import pick_device
-    from .diffusion import GaussianDiffusion
-    from .sample import sampler_config_from_args
-    from .sampling import balanced_labels, per_image_costs, sample_many
+    from .sampling import SamplerConfig, balanced_labels, per_image_costs, sample_many
 
     device = pick_device(a.device)
     classifier = load_classifier(a.classifier, device=device)
@@ -341,11 +339,11 @@ def _evaluate_command(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
         images, labels = load_samples_npz(a.npz)
         result = {"npz": str(a.npz)}
     else:
-        config = sampler_config_from_args(a, p)
-        model = load_model(a.checkpoint, weights=a.weights, device=device)
+        config = options.from_args(SamplerConfig, a, p)
+        model, diffusion = load_pipeline(a.checkpoint, weights=a.weights, device=device)
         labels = balanced_labels(a.n, model.config.num_classes)
         start = time.perf_counter()
-        images, records = sample_many(model, GaussianDiffusion().to(device), labels, config, seed=a.seed,
+        images, records = sample_many(model, diffusion, labels, config, seed=a.seed,
                                       batch_size=a.batch_size, device=device)
         block_evals, flops = per_image_costs(records, a.n, a.batch_size)
         result = {"checkpoint": str(a.checkpoint), "sampler": config.to_dict(), "seconds": time.perf_counter() - start,
@@ -365,7 +363,7 @@ def _evaluate_command(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .sample import add_sampler_args
+    from .sampling import SamplerConfig
 
     p = cli.ArgumentParser(prog="python -m fpdm_core.metrics", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -391,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n", type=int, default=1000, help="images to sample (labels cycle over the classes)")
     e.add_argument("--batch-size", type=int, default=500, help="images per sampling batch (part of the noise seeding)")
     e.add_argument("--real-n", type=int, default=10000, help="real test images in the FCD reference")
-    add_sampler_args(e)
+    options.add_arguments(e, SamplerConfig, title="sampler (fpdm_core.sampling.SamplerConfig)")
     e.add_argument("--seed", type=int, default=0, help="batch b uses seed + b")
     e.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:N or mps")
     e.add_argument("--threads", type=int, default=None, help="torch CPU threads (None = torch's default)")

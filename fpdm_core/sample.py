@@ -71,10 +71,9 @@ def run(a: argparse.Namespace, config: SamplerConfig) -> Path:
     """
     from tqdm.auto import tqdm
 
-    from .checkpoints import load_model
+    from .checkpoints import load_pipeline
     from .data import to_uint8
     from .devices import pick_device
-    from .diffusion import GaussianDiffusion
     from .plots import save_grid
     from .sampling import new_record, sample_progressive
 
@@ -83,8 +82,7 @@ def run(a: argparse.Namespace, config: SamplerConfig) -> Path:
     if not path.is_file():
         raise CheckpointError(missing_checkpoint_message(path))
     device = pick_device(a.device)
-    model = load_model(path, weights=a.weights, device=device)
-    diffusion = GaussianDiffusion().to(device)
+    model, diffusion = load_pipeline(path, weights=a.weights, device=device)  # the process it was trained with
     labels = class_labels(a.n, a.classes, model.config.num_classes)  # (n,)
     record = new_record(model, diffusion, config)  # raises ValueError for an impossible budget
     steps = sample_progressive(model, diffusion, labels, config, generator=torch.Generator().manual_seed(a.seed),
@@ -98,8 +96,8 @@ def run(a: argparse.Namespace, config: SamplerConfig) -> Path:
     period = len(a.classes) if a.classes else (model.config.num_classes or 1)
     save_grid(images, out / "samples.png", nrow=min(period, a.n))  # one column per entry of the class cycle
     np.savez(out / "samples.npz", images=to_uint8(images), labels=labels.numpy())
-    info = {**record.to_dict(), "checkpoint": str(path), "weights": a.weights, "seed": a.seed, "n": a.n,
-            "labels": labels.tolist()}
+    info = {**record.to_dict(), "checkpoint": str(path), "weights": a.weights, "diffusion": diffusion.config.to_dict(),
+            "seed": a.seed, "n": a.n, "labels": labels.tolist()}
     (out / "record.json").write_text(json.dumps(info, indent=2) + "\n")
     return out
 

@@ -182,7 +182,7 @@ def sample_progressive(model: DiT | FPDM, diffusion: GaussianDiffusion, labels, 
     y = y.to(device)
     if guided:
         y = torch.cat([y, torch.full_like(y, mc.num_classes)])  # (2B,) [cond; null]
-    solver_kw = dict(method=config.solver, stop_mode=config.stop_mode, damping=config.damping, anderson_m=config.anderson_m)
+    solver_kw = dict(solver=config.solver, stop_mode=config.stop_mode, damping=config.damping, anderson_m=config.anderson_m)
     z = None  # previous fixed point (B or 2B, N, D)
     remaining = sum(iterations)
     for i, t in enumerate(timesteps):
