@@ -48,7 +48,7 @@ class DiffusionConfig:
     def from_dict(cls, d: dict) -> DiffusionConfig:
         """The config a JSON dict describes; unknown keys or bad values raise ValueError, missing ones default."""
         if not isinstance(d, dict):
-            raise ValueError(f"a diffusion config must be a JSON object, got {type(d).__name__}")
+            raise ValueError(f"expected a JSON object, got {type(d).__name__}")
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"unknown diffusion config field(s) {unknown}; expected {[f.name for f in fields(cls)]}")

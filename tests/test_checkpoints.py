@@ -10,8 +10,9 @@ import torch
 from safetensors.torch import save_file
 
 import fpdm_core.checkpoints as ckpt_mod
-from fpdm_core.checkpoints import (FORMAT, CheckpointError, atomic_save, load_checkpoint, load_model, restore_training,
-                                   save_checkpoint)
+from fpdm_core.checkpoints import (FORMAT, SHIPPED, CheckpointError, atomic_save, export_weights, load_checkpoint,
+                                   load_model, load_pipeline, read_header, restore_training, save_checkpoint)
+from fpdm_core.diffusion import DiffusionConfig
 from fpdm_core.models import DiT, FPDM, build_model
 
 
@@ -234,6 +235,53 @@ def test_load_model_builds_the_right_class_with_ema_weights_by_default(tmp_path,
         want = ema.eval()(x, t, y) if cls is DiT else ema.eval()(x, t, y, max_iter=2).out
         got = loaded(x, t, y) if cls is DiT else loaded(x, t, y, max_iter=2).out
     assert torch.equal(got, want)
+
+
+# ----------------------------------------------------------------------------- the diffusion config
+def test_load_pipeline_restores_the_model_and_its_diffusion_process_and_export_keeps_it(tmp_path):
+    config = DiffusionConfig(num_timesteps=300, beta_schedule="cosine", prediction="v")
+    model = perturbed(seed=2)
+    path, export = tmp_path / "run.safetensors", tmp_path / "release.safetensors"
+    save_checkpoint(path, model=model, diffusion=config, ema=copy.deepcopy(model), meta={"step": 1})
+    assert read_header(path)[0]["diffusion"] == config.to_dict()
+    loaded, diffusion = load_pipeline(path)
+    assert diffusion.config == config and diffusion.num_timesteps == 300 and diffusion.prediction == "v"
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), load_model(path).state_dict().values()))
+    export_weights(path, export)
+    assert load_pipeline(export).diffusion.config == config
+    save_checkpoint(tmp_path / "plain.safetensors", model=model)  # not given: the default, written all the same
+    assert read_header(tmp_path / "plain.safetensors")[0]["diffusion"] == DiffusionConfig().to_dict()
+
+
+def test_a_file_without_a_diffusion_config_gets_the_default(tmp_path):
+    """Checkpoints written before the key existed (the shipped ones) were trained with the default."""
+    model = perturbed()
+    path = tmp_path / "old.safetensors"
+    atomic_save({f"model.{k}": v for k, v in model.state_dict().items()}, path,
+                {"fpdm": json.dumps({"format": FORMAT, "model": model.config.to_dict(), "step": 1})})
+    assert load_checkpoint(path).diffusion_config == DiffusionConfig()
+    assert load_pipeline(path).diffusion.config == DiffusionConfig()
+    for kind, shipped in SHIPPED.items():
+        if shipped.is_file():
+            assert "diffusion" not in read_header(shipped)[0], f"{kind}: update this test's premise"
+            assert load_pipeline(shipped).diffusion.config == DiffusionConfig()
+
+
+@pytest.mark.parametrize("diffusion, message", [
+    ({"num_timesteps": 10**12}, "num_timesteps must be an integer in"),
+    ({"beta_schedule": "sigmoid"}, "unknown beta schedule 'sigmoid'"),
+    ({"prediction": "v", "sampler": "ddim"}, r"unknown diffusion config field\(s\) \['sampler'\]"),
+    ("linear", "expected a JSON object, got str"),
+])
+def test_a_bad_diffusion_config_is_refused_from_the_header(tmp_path, diffusion, message):
+    model = perturbed()
+    bad = tmp_path / "bad.safetensors"
+    meta = {"format": FORMAT, "model": model.config.to_dict(), "diffusion": diffusion}
+    atomic_save({f"model.{k}": v for k, v in model.state_dict().items()}, bad, {"fpdm": json.dumps(meta)})
+    for read in (read_header, load_checkpoint, load_model, load_pipeline):
+        with pytest.raises(CheckpointError, match="has an invalid diffusion config: " + message) as e:
+            read(bad)
+        _assert_readable(e.value, bad)
 
 
 def test_checkpoint_holds_no_pickle(good):

@@ -7,8 +7,10 @@ from hypothesis import strategies as st
 
 from fpdm_core.diffusion import (
     BETA_SCHEDULES,
+    MAX_TIMESTEPS,
     PREDICTIONS,
     SPACINGS,
+    DiffusionConfig,
     GaussianDiffusion,
     make_betas,
     spaced_timesteps,
@@ -208,6 +210,50 @@ def test_constructor_errors():
         GaussianDiffusion(3, TINY_BETAS)
     with pytest.raises(ValueError, match="open interval"):
         GaussianDiffusion(2, [0.1, 1.0])
+
+
+# ---- the config that checkpoints store ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("fields", [dict(), dict(num_timesteps=250, beta_schedule="cosine", prediction="v"),
+                                    dict(num_timesteps=21), dict(num_timesteps=1, beta_schedule="cosine")])
+def test_from_config_builds_the_named_process(fields):
+    config = DiffusionConfig(**fields)
+    d = GaussianDiffusion.from_config(config)
+    named = GaussianDiffusion(config.num_timesteps, config.beta_schedule, config.prediction)
+    assert d.config == named.config == config and d.prediction == config.prediction
+    assert torch.equal(d.alphas_cumprod, named.alphas_cumprod)
+    assert d.num_timesteps == len(d.betas) == config.num_timesteps
+    assert DiffusionConfig.from_dict(config.to_dict()) == config  # the JSON round trip checkpoints rely on
+
+
+def test_defaults_are_declared_once_and_explicit_betas_have_no_config():
+    assert GaussianDiffusion().config == DiffusionConfig() == DiffusionConfig(1000, "linear", "epsilon")
+    assert DiffusionConfig.from_dict({}) == DiffusionConfig()  # what a checkpoint without the key means
+    assert tiny().config is None  # an explicit sequence has no name to store
+
+
+@pytest.mark.parametrize("fields, match", [
+    (dict(num_timesteps=0), r"num_timesteps must be an integer in \[1, 100000\], got 0"),
+    (dict(num_timesteps=MAX_TIMESTEPS + 1), "num_timesteps must be an integer"),
+    (dict(num_timesteps=True), "num_timesteps must be an integer"),
+    (dict(num_timesteps=2.0), "num_timesteps must be an integer"),
+    (dict(num_timesteps=20), "linear schedule needs num_timesteps > 20"),
+    (dict(beta_schedule="quadratic"), "unknown beta schedule 'quadratic'"),
+    (dict(prediction="x0"), "unknown prediction 'x0'"),
+])
+def test_config_refuses_bad_values(fields, match):
+    with pytest.raises(ValueError, match=match):
+        DiffusionConfig(**fields)
+    with pytest.raises(ValueError, match=match):
+        DiffusionConfig.from_dict(fields)
+
+
+def test_config_from_dict_refuses_unknown_fields_and_non_objects():
+    with pytest.raises(ValueError, match=r"unknown diffusion config field\(s\) \['steps'\]"):
+        DiffusionConfig.from_dict({"steps": 10})
+    with pytest.raises(ValueError, match="expected a JSON object, got list"):
+        DiffusionConfig.from_dict([1000, "linear"])
 
 
 # ---- reverse steps -----------------------------------------------------------------------------

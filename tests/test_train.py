@@ -14,8 +14,12 @@ import pytest
 import torch
 from conftest import needs_fmnist
 
-from fpdm_core.checkpoints import CheckpointError, load_checkpoint, load_model
-from fpdm_core.models import FPDM, build_model
+from fpdm_core import sample as sample_cli
+from fpdm_core.checkpoints import SHIPPED, CheckpointError, atomic_save, load_checkpoint, load_model, read_header
+from fpdm_core.data import to_uint8
+from fpdm_core.diffusion import DiffusionConfig, GaussianDiffusion
+from fpdm_core.models import FPDM, PRESETS, build_model
+from fpdm_core.sampling import SamplerConfig, sample
 from fpdm_core.train import TrainConfig, Trainer, draw_iterations, fpdm_train_forward, main, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -237,7 +241,9 @@ def test_bad_model_overrides_are_refused(overrides, message):
 def test_model_overrides_travel_with_the_checkpoint_and_block_a_different_resume(fake_data, tmp_path):
     overrides = {"pre_depth": 2, "post_depth": 3, "class_dropout": 0}  # an int is accepted for a float field
     cfg = tiny_config(fake_data, model_overrides=overrides, max_steps=2)
+    presets = dict(PRESETS)
     trainer = train(cfg, tmp_path / "run", progress=False)
+    assert PRESETS == presets  # overrides never edit the global presets
     assert (len(trainer.model.blocks_pre), len(trainer.model.blocks_post)) == (2, 3)
     assert trainer.model.config.class_dropout == 0
     path = tmp_path / "run" / "checkpoint.safetensors"
@@ -251,6 +257,57 @@ def test_model_overrides_travel_with_the_checkpoint_and_block_a_different_resume
                                    rtol=0, atol=1e-6)
     with pytest.raises(CheckpointError, match="cannot resume: model_overrides"):
         train(tiny_config(fake_data, max_steps=3), tmp_path / "run", resume=True, progress=False)
+    assert TrainConfig.from_meta(load_checkpoint(path).meta) == cfg  # restored with everything else
+
+
+def _rewrite_meta(path, edit) -> None:
+    """Replace a checkpoint's metadata by `edit(meta)`, keeping its tensors."""
+    ckpt = load_checkpoint(path)
+    atomic_save(ckpt.tensors, path, {"fpdm": json.dumps(edit(dict(ckpt.meta)))})
+
+
+def _as_written_before_the_renames(meta: dict) -> dict:
+    """The layout of earlier versions: the gradient estimator under "method", no diffusion or model overrides."""
+    train_meta = {("method" if k == "gradient" else k): v for k, v in meta["train"].items() if k != "model_overrides"}
+    return {**{k: v for k, v in meta.items() if k != "diffusion"}, "train": train_meta}
+
+
+def test_checkpoints_of_earlier_versions_still_resume_and_report_their_config(fake_data, tmp_path):
+    cfg = tiny_config(fake_data, gradient="jfb", max_steps=2)
+    train(cfg, tmp_path / "old", progress=False)
+    train(tiny_config(fake_data, gradient="jfb", max_steps=3), tmp_path / "new", progress=False)
+    path = tmp_path / "old" / "checkpoint.safetensors"
+    _rewrite_meta(path, _as_written_before_the_renames)
+    old = load_checkpoint(path).meta
+    assert old["train"]["method"] == "jfb" and "gradient" not in old["train"] and "diffusion" not in old
+    assert TrainConfig.from_meta(old) == cfg  # "method" read as the gradient, the rest defaulted
+    trainer = train(tiny_config(fake_data, gradient="jfb", max_steps=3), tmp_path / "old", resume=True, progress=False)
+    assert trainer.step_count == 3
+    assert [(r["step"], r["loss"]) for r in metrics(tmp_path / "old")] == \
+        [(r["step"], r["loss"]) for r in metrics(tmp_path / "new")]  # as if never interrupted
+    resaved = load_checkpoint(path).meta  # saved again in today's layout
+    assert resaved["train"]["gradient"] == "jfb" and "method" not in resaved["train"]
+    assert resaved["diffusion"] == DiffusionConfig().to_dict()
+
+
+def test_the_shipped_checkpoints_report_their_training_config():
+    for kind, path in SHIPPED.items():
+        if not path.is_file():
+            continue
+        meta = read_header(path)[0]
+        cfg = TrainConfig.from_meta(meta)
+        assert cfg.model == meta["train"]["model"] and cfg.gradient == meta["train"].get("method", "sjfb")
+        assert cfg.diffusion == DiffusionConfig()
+
+
+@pytest.mark.parametrize("meta, message", [
+    ({"train": {"model": "FPDM-tiny", "max_steps": 1, "optimizer": "sgd"}}, r"unknown training config field\(s\) \['optimizer'\]"),
+    ({"train": {"model": "FPDM-tiny", "max_steps": 1, "diffusion": {}}}, "unknown training config field"),
+    ({"train": {"model": "FPDM-tiny", "max_steps": 1}, "diffusion": {"prediction": "x0"}}, "unknown prediction"),
+])
+def test_unreadable_training_metadata_is_refused(meta, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_meta(meta)
 
 
 # ----------------------------------------------------------------------------- Trainer
@@ -394,6 +451,39 @@ def test_main_runs_writes_checkpoint_and_metrics_and_refuses_a_different_model_o
     assert main(_cli(run, fake_data, "--model", "FPDM-tiny", "--max-steps", "4", "--resume")) == 0
     assert load_checkpoint(run / "checkpoint.safetensors").meta["step"] == 4
     assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4]
+
+
+def test_a_cosine_v_model_trained_from_the_cli_samples_with_its_own_process_after_reload(tmp_path, fake_data, capsys):
+    """Done-when of issue 13: the process chosen at training travels with the weights; sampling needs no flags."""
+    run, out = tmp_path / "run", tmp_path / "samples"
+    assert main(_cli(run, fake_data, "--model", "FPDM-tiny", "--max-steps", "2", "--num-timesteps", "500",
+                     "--beta-schedule", "cosine", "--prediction", "v")) == 0
+    want = DiffusionConfig(num_timesteps=500, beta_schedule="cosine", prediction="v")
+    ckpt = run / "checkpoint.safetensors"
+    assert load_checkpoint(ckpt).meta["diffusion"] == want.to_dict()
+    assert json.loads((run / "config.json").read_text())["diffusion"] == want.to_dict()
+    assert sample_cli.main(["--checkpoint", str(ckpt), "--n", "4", "--steps", "3", "--iterations", "2", "--seed", "5",
+                            "--device", "cpu", "--no-progress", "--out-dir", str(out)]) == 0  # no diffusion flags
+    assert json.loads((out / "record.json").read_text())["diffusion"] == want.to_dict()
+    stored = np.load(out / "samples.npz")
+    model, labels = load_model(ckpt), torch.from_numpy(stored["labels"])
+
+    def images(diffusion):
+        x, _ = sample(model, diffusion, labels, SamplerConfig(steps=3, iterations=2),
+                      generator=torch.Generator().manual_seed(5))
+        return to_uint8(x.float())
+
+    assert np.array_equal(stored["images"], images(GaussianDiffusion.from_config(want)))
+    assert not np.array_equal(stored["images"], images(GaussianDiffusion()))  # linear / epsilon differs
+    assert main(_cli(run, fake_data, "--model", "FPDM-tiny", "--max-steps", "3", "--resume")) == 2
+    assert "cannot resume: diffusion" in capsys.readouterr().err  # resumed only with the same process
+
+
+def test_main_refuses_a_schedule_that_cannot_have_so_few_timesteps(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--run-dir", str(tmp_path / "r"), "--max-steps", "1", "--num-timesteps", "20"])
+    assert e.value.code == 2 and "linear schedule needs num_timesteps > 20" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_main_reports_missing_data_and_missing_checkpoint(tmp_path, fake_data, capsys):
