@@ -205,10 +205,11 @@ class Attention(nn.Module):
     def forward(self, x):  # (B, N, D)
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)  # (3, B, H, N, d)
+        q, k, v = qkv.unbind(0)  # 3 x (B, H, N, d); backward stacks the three gradients (indexing zero-fills 3 times)
         if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and torch.is_grad_enabled():
-            x = explicit_attention(qkv[0], qkv[1], qkv[2])  # (B, H, N, d)
+            x = explicit_attention(q, k, v)  # (B, H, N, d)
         else:  # float32 (bit-identical to the authors' code), sampling, GPUs
-            x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, H, N, d)
+            x = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, d)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
 
