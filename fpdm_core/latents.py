@@ -25,8 +25,11 @@ import numpy as np
 import torch
 
 from . import cli
+from .checkpoints import load_checkpoint, load_pipeline
 from .data import IMAGE_SUFFIXES
-from .sampling import SamplerConfig
+from .devices import pick_device
+from .plots import save_grid
+from .sampling import SamplerConfig, sample
 
 HEADLINE = SamplerConfig()  # the kit's default sampler: steps, iterations and guidance of `sample`
 
@@ -238,8 +241,6 @@ def load_latents(folder: str | Path, dtype: torch.dtype | None = None) -> tuple[
 # ----------------------------------------------------------------------------- command line
 def checkpoint_latents_info(checkpoint: str | Path) -> dict:
     """{"vae", "vae_subfolder", "scale", "size", "posterior"} recorded by a --dataset latents run ({} otherwise)."""
-    from .checkpoints import load_checkpoint
-
     return load_checkpoint(checkpoint).meta.get("data", {}).get("latents") or {}
 
 
@@ -250,10 +251,6 @@ def sample_images(vae, checkpoint: str | Path, labels, *, steps: int = HEADLINE.
 
     scale: None uses the scale recorded in the checkpoint at training time, else the VAE's.
     """
-    from .checkpoints import load_pipeline
-    from .devices import pick_device
-    from .sampling import sample
-
     dev = pick_device(device)
     model, diffusion = load_pipeline(checkpoint, device=dev)
     z, _ = sample(model, diffusion, labels,
@@ -299,8 +296,6 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--cfg-scale", type=cli.float_in(0.0), default=HEADLINE.cfg_scale)
     s.add_argument("--seed", type=cli.int_in(0, cli.MAX_SEED), default=0)
     a = p.parse_args(argv)
-    from .devices import pick_device
-
     try:
         if a.command == "sample":
             cli.check_output_file(a.out, force=a.force, sources=[a.checkpoint])
@@ -319,8 +314,6 @@ def main(argv: list[str] | None = None) -> int:
                                   vae_name=str(Path(a.vae).resolve()) if Path(a.vae).is_dir() else a.vae)
             print(f"wrote {index['num_images']} latents in {len(index['shards'])} shards to {a.out}")
         else:
-            from .plots import save_grid
-
             images = sample_images(vae, a.checkpoint, a.labels, steps=a.steps, iterations=a.iterations,
                                    cfg_scale=a.cfg_scale, seed=a.seed, device=str(device), scale=a.scale)
             save_grid(images, a.out, scale=1)

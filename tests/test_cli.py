@@ -6,9 +6,11 @@ code 2; nothing is overwritten without --force (or --resume for a training run).
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import importlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,10 +38,73 @@ def one_line(capsys) -> str:
 
 
 # ----------------------------------------------------------------------------- the convention
-@pytest.mark.parametrize("module", ["sample", "train", "interop", "checkpoints", "latents", "metrics", "bench"])
+# module: (arguments its parser accepts, ending in a flag with a bad value; that flag)
+BAD_VALUES = {
+    "checkpoints": (["a.safetensors", "b.safetensors", "--dtype", "float8"], "--dtype"),
+    "interop": (["import", "a.pt", "--out", "b.safetensors", "--num-heads", "0"], "--num-heads"),
+    "latents": (["sample", "--checkpoint", "a.safetensors", "--out", "b.png", "--steps", "0"], "--steps"),
+    "metrics": (["evaluate", "--npz", "a.npz", "--weights", "bogus"], "--weights"),
+    "sample": (["--steps", "0"], "--steps"),
+    "train": (["--run-dir", "run", "--seed", "-1"], "--seed"),
+    "bench": (["ablations", "--jobs", "0"], "--jobs"),
+}
+PACKAGE = Path(importlib.import_module("fpdm_core").__file__).parent
+# module: arguments naming an input that does not exist (MISSING is replaced by a path in tmp_path)
+MISSING_INPUTS = {
+    "checkpoints": ["MISSING", "out.safetensors"],
+    "interop": ["import", "MISSING", "--out", "out.safetensors"],
+    "latents": ["sample", "--checkpoint", "MISSING", "--out", "out.png"],
+    "metrics": ["evaluate", "--npz", "MISSING"],
+    "sample": ["--checkpoint", "MISSING", "--out-dir", "out"],
+    "train": ["--run-dir", "run", "--dataset", "latents", "--data-dir", "MISSING", "--max-steps", "1", "--no-progress",
+              "--device", "cpu"],
+    "bench": ["quality", "--tiny", "--fpdm", "MISSING", "--out", "out"],
+}
+
+
+def main_blocks() -> dict[str, list[str]]:
+    """{module: the statements under its `if __name__ == "__main__":`} for every module of the package that has one."""
+    blocks = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.If) and ast.unparse(node.test) in ("__name__ == '__main__'", '__name__ == "__main__"'):
+                parts = path.relative_to(PACKAGE).with_suffix("").parts
+                blocks[".".join(parts[:-1] if parts[-1] == "__main__" else parts)] = [ast.unparse(s) for s in node.body]
+    return blocks
+
+
+def test_every_python_m_module_ends_in_sys_exit_main():
+    blocks = main_blocks()
+    assert set(blocks) == set(BAD_VALUES), "a `python -m` module is missing from BAD_VALUES (or gone)"
+    assert all(body == ["sys.exit(main())"] for body in blocks.values()), blocks
+
+
+@pytest.mark.parametrize("module", sorted(BAD_VALUES))
 def test_every_module_with_a_command_line_has_main_argv(module):
     main = importlib.import_module(f"fpdm_core.{module}").main
     assert callable(main) and "argv" in main.__code__.co_varnames[:main.__code__.co_argcount]
+
+
+@pytest.mark.parametrize("module", sorted(BAD_VALUES))
+def test_a_bad_flag_and_a_bad_value_end_in_one_line_and_exit_code_2(module, capsys):
+    main = importlib.import_module(f"fpdm_core.{module}").main
+    argv, flag = BAD_VALUES[module]
+    assert run(main, [*argv[:-2], "--no-such-flag"]) == 2  # the bad value (last two) makes way for a bad flag
+    assert "unrecognized arguments: --no-such-flag" in one_line(capsys)
+    assert run(main, argv) == 2
+    err = one_line(capsys)
+    assert f"argument {flag}" in err and err.startswith(f"python -m fpdm_core.{module}")
+
+
+@pytest.mark.parametrize("module", sorted(MISSING_INPUTS))
+def test_a_missing_input_ends_in_one_line_and_exit_code_2(module, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # outputs (never written: the input is checked first) would land here
+    missing = tmp_path / "missing.file"
+    main = importlib.import_module(f"fpdm_core.{module}").main
+    assert run(main, [missing if a == "MISSING" else a for a in MISSING_INPUTS[module]]) == 2
+    err = one_line(capsys)
+    assert err.startswith("error: ") and (str(missing) in err or "missing.file" in err), err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.safetensors").exists()
 
 
 def test_parser_errors_are_one_line_with_exit_code_2(capsys):

@@ -1,4 +1,4 @@
-"""The trained checkpoints shipped in checkpoints/: they load, sample, and match the model card."""
+"""The trained checkpoints shipped in checkpoints/: found by one lookup, they load, sample, and match the model card."""
 from __future__ import annotations
 
 import json
@@ -8,12 +8,38 @@ from pathlib import Path
 import pytest
 import torch
 
+from fpdm_core import assets
 from fpdm_core.checkpoints import SHIPPED, load_checkpoint, load_model
 from fpdm_core.diffusion import GaussianDiffusion
+from fpdm_core.metrics import evaluate, load_classifier
 from fpdm_core.models import DiT, FPDM
 from fpdm_core.sampling import SamplerConfig, sample
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_the_lookup_takes_an_explicit_folder_then_the_environment_then_the_checkout(monkeypatch, tmp_path):
+    monkeypatch.delenv(assets.ENV_VAR, raising=False)
+    assert assets.in_checkout() and assets.checkpoint_dir() == assets.CHECKOUT_DIR
+    assert all(assets.shipped(kind).is_file() for kind in assets.NAMES)
+    monkeypatch.setenv(assets.ENV_VAR, str(tmp_path))
+    assert assets.shipped("classifier") == tmp_path / assets.NAMES["classifier"]
+    assert assets.checkpoint_dir(tmp_path / "mine") == tmp_path / "mine"
+    with pytest.raises(ValueError, match="kind must be one of"):
+        assets.shipped("fpdm-fm-m")
+
+
+def test_outside_a_checkout_the_lookup_finds_the_installed_copy(monkeypatch, tmp_path):
+    """(tests/test_install.py checks the copy inside a real wheel.)"""
+    monkeypatch.delenv(assets.ENV_VAR, raising=False)
+    monkeypatch.setattr(assets, "CHECKOUT_DIR", tmp_path / "site-packages" / "checkpoints")
+    assert not assets.in_checkout()
+    installed = assets.installed_dir()
+    assert installed is not None, "fpdm_core.shipped not importable: install the kit (bash scripts/setup.sh)"
+    assert assets.checkpoint_dir() == installed  # an editable install maps it to checkpoints/
+    assert all((installed / name).is_file() for name in assets.NAMES.values())
+    monkeypatch.setattr(assets, "PACKAGE", "fpdm_core.no_such_package")
+    assert assets.installed_dir() is None and assets.checkpoint_dir() == assets.CHECKOUT_DIR  # then messages name it
 
 
 def test_readme_python_example_runs():
@@ -52,15 +78,11 @@ def test_shipped_fpdm_is_a_contraction_and_reuse_helps():
 def test_headline_accuracy_reproduces_on_a_subsample():
     """The committed headline accuracy (n = 1000, FPDM by the smoothing rule at 5 DiT steps), re-measured here on
     200 samples of the same seed set, agrees within sampling noise (the file may come from another machine)."""
-    from pathlib import Path
-
-    from fpdm_core.metrics import evaluate, load_classifier
-
     bench = json.loads((Path(__file__).parents[1] / "figures" / "bench" / "headline.json").read_text())
     row = next(r for r in bench["results"]["rows"] if r["variant"] == "FPDM, smoothing rule"
                and r["budget_dit_steps"] == 5 and (r["method"], r["cfg_scale"]) == ("ddim", 3.0))
     fields = {k: v for k, v in bench["settings"]["sampler"].items() if k not in ("steps", "iterations", "budget")}
-    config = SamplerConfig(budget=row["budget"], **fields)
+    config = SamplerConfig.from_dict({**fields, "budget": row["budget"]})  # from_dict: the file may say "method"
     result = evaluate(load_model(SHIPPED["fpdm"]), GaussianDiffusion(), config, n=200, classifier=load_classifier(),
                       seed=bench["settings"]["seed"], batch_size=500, real_n=1000)
     expected = row["metrics"]["accuracy"]["value"]
