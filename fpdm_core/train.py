@@ -32,7 +32,10 @@ from .checkpoints import (CheckpointError, check_resumable, load_checkpoint, rem
 from .data import DATASETS, load_dataset
 from .devices import PRECISIONS, autocast, pick_device, resolve_precision
 from .diffusion import BETA_SCHEDULES, MAX_TIMESTEPS, PREDICTIONS, DiffusionConfig, GaussianDiffusion
+from .latents import read_latents_info
 from .models import FPDM, PRESETS, build_model, solve_outside_autocast
+from .plots import residual_curves, save_grid
+from .sampling import SamplerConfig, sample
 from .train_config import GRADIENTS, TrainConfig
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -227,8 +230,6 @@ class Trainer:
     def save(self, path: str | Path, elapsed_s: float = 0.0) -> None:
         data = {"dataset": self.cfg.dataset, "num_images": len(self.x), "seed": self.cfg.seed}
         if self.cfg.dataset == "latents":  # what decoding samples needs: the VAE and the latent scale
-            from .latents import read_latents_info
-
             info = read_latents_info(self.cfg.data_dir)
             data["latents"] = {k: info.get(k) for k in ("vae", "vae_subfolder", "scale", "size", "posterior")}
         meta = {"train": self.cfg.to_meta(), "step": self.step_count, "elapsed_s": elapsed_s, "data": data,
@@ -260,8 +261,6 @@ def write_samples(trainer: Trainer, out_dir: Path, tag: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from .plots import residual_curves, save_grid
-    from .sampling import SamplerConfig, sample
 
     nc = trainer.ema.config.num_classes or 1
     labels = torch.arange(nc).repeat(2) if trainer.ema.config.num_classes else torch.zeros(16, dtype=torch.long)
