@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .app_backend import (MODE_BUDGET, MODE_BUDGET_STEPS, MODE_STEPS, ExploreError, Settings, plural,
-                          settings_from_ui)
+from .app_settings import MODE_FIELDS, ExploreError, Settings, plural, settings_from_ui
 from .budget import CostModel, make_plan
 
 LANDSCAPE_FILE = Path(__file__).resolve().parent.parent / "figures" / "bench" / "landscape.json"
 LANDSCAPE_COMMAND = "python -m fpdm_core.bench landscape --quick"
+LANDSCAPE_CONTROLS = ("budget_mode", "steps", "iterations", "budget", "min_iterations", "reuse", "step", "cfg_scale")
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,8 @@ class Landscape:
     """The measured quality of FPDM over (steps, iterations) grids and of DiT over steps (landscape.json)."""
 
     metrics: dict  # name -> {"label", "higher_is_better"}, display order
-    grids: list  # [{"name", "method", "cfg_scale", "reuse", "n", "steps", "iterations", "cells"}]
-    dit: list  # [{"method", "cfg_scale", "steps", "block_evals", "metrics"}]
+    grids: list  # [{"name", "step", "cfg_scale", "reuse", "n", "steps", "iterations", "cells"}]
+    dit: list  # [{"step", "cfg_scale", "steps", "block_evals", "metrics"}]
     pre_depth: int
     post_depth: int
     dit_depth: int
@@ -57,9 +57,10 @@ def load_landscape(path: str | Path = LANDSCAPE_FILE) -> Landscape:
                 raise ValueError(f"grid {g.get('name')} needs steps and iterations >= 1")
             for c in g["cells"]:
                 c["steps"], c["iterations"], c["block_evals"] = int(c["steps"]), int(c["iterations"]), int(c["block_evals"])
-            g["cfg_scale"], g["reuse"], g["method"] = float(g["cfg_scale"]), bool(g["reuse"]), str(g["method"])
+            g["cfg_scale"], g["reuse"], g["step"] = float(g["cfg_scale"]), bool(g["reuse"]), _step_of(g)
         for d in ls.dit:
             d["steps"], d["block_evals"], d["cfg_scale"] = int(d["steps"]), int(d["block_evals"]), float(d["cfg_scale"])
+            d["step"] = _step_of(d)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ExploreError(f"the quality landscape file {path.name} is unreadable ({type(e).__name__}: {e}); "
                            f"regenerate it with `{LANDSCAPE_COMMAND}`") from None
@@ -69,14 +70,19 @@ def load_landscape(path: str | Path = LANDSCAPE_FILE) -> Landscape:
     return ls
 
 
-def pick_grid(ls: Landscape, method: str, cfg_scale: float, reuse: bool) -> tuple[dict, str]:
+def _step_of(entry: dict) -> str:
+    """The reverse step of a grid or DiT entry; files written before the rename call it "method"."""
+    return str(entry["step"] if "step" in entry else entry["method"])
+
+
+def pick_grid(ls: Landscape, step: str, cfg_scale: float, reuse: bool) -> tuple[dict, str]:
     """The grid measured with these settings, else the first one, with a note saying what differs."""
     for g in ls.grids:
-        if g["method"] == method and math.isclose(g["cfg_scale"], cfg_scale) and bool(g["reuse"]) == bool(reuse):
+        if g["step"] == step and math.isclose(g["cfg_scale"], cfg_scale) and bool(g["reuse"]) == bool(reuse):
             return g, ""
     g = ls.grids[0]
-    return g, (f"No grid was measured for {method}, guidance {cfg_scale:g}, reuse {'on' if reuse else 'off'}; "
-               f"showing {g['method']}, guidance {g['cfg_scale']:g}, reuse {'on' if g['reuse'] else 'off'}.")
+    return g, (f"No grid was measured for {step}, guidance {cfg_scale:g}, reuse {'on' if reuse else 'off'}; "
+               f"showing {g['step']}, guidance {g['cfg_scale']:g}, reuse {'on' if g['reuse'] else 'off'}.")
 
 
 def find_cell(grid: dict, steps: int, iterations: int) -> dict | None:
@@ -130,9 +136,9 @@ def best_split(grid: dict, budget: float, metric: str, higher_is_better: bool) -
     return best
 
 
-def dit_at_budget(ls: Landscape, budget: float, method: str, cfg_scale: float, metric: str) -> dict | None:
-    """The DiT run with the most steps within `budget` (same sampler and guidance) that measured `metric`."""
-    fits = [d for d in ls.dit if d["method"] == method and math.isclose(d["cfg_scale"], cfg_scale)
+def dit_at_budget(ls: Landscape, budget: float, step: str, cfg_scale: float, metric: str) -> dict | None:
+    """The DiT run with the most steps within `budget` (same reverse step and guidance) that measured `metric`."""
+    fits = [d for d in ls.dit if d["step"] == step and math.isclose(d["cfg_scale"], cfg_scale)
             and d["block_evals"] <= budget and metric_value(d, metric) is not None]
     return max(fits, key=lambda d: d["block_evals"], default=None)
 
@@ -159,9 +165,7 @@ def _with_ci(v: tuple | None) -> str:
 def current_split(ls: Landscape, settings: Settings) -> tuple[int, float, int]:
     """(steps, mean iterations per step, budget) the settings would run, planned with the landscape model's depths."""
     cost = CostModel("fpdm", ls.explicit_blocks, 0.0, 0.0, 0.0)  # planning reads only the block counts
-    kw = {MODE_STEPS: dict(steps=settings.steps, iterations=settings.iterations),
-          MODE_BUDGET_STEPS: dict(steps=settings.steps, budget=settings.budget),
-          MODE_BUDGET: dict(budget=settings.budget)}[settings.budget_mode]
+    kw = {k: getattr(settings.config, k) for k in MODE_FIELDS[settings.budget_mode]}
     try:
         plan = make_plan(cost, allocation="uniform", **kw)
     except ValueError as e:
@@ -190,7 +194,7 @@ def landscape_figure(ls: Landscape, grid: dict, metric: str, split: tuple[int, f
         z=z, x=list(range(len(S))), y=list(range(len(K))), text=text, hovertemplate="%{text}<extra></extra>",
         colorscale="Viridis", reversescale=not info.get("higher_is_better", True),
         colorbar=dict(title=dict(text=metric, side="right")), hoverongaps=True))
-    title = f"{info['label']}: {grid['method']}, guidance {grid['cfg_scale']:g}, reuse {'on' if grid['reuse'] else 'off'}"
+    title = f"{info['label']}: {grid['step']}, guidance {grid['cfg_scale']:g}, reuse {'on' if grid['reuse'] else 'off'}"
     if split is not None:
         steps, its, budget = split
         ss = np.geomspace(S[0], S[-1], 200) if len(S) > 1 else np.array([S[0]], dtype=float)
@@ -213,7 +217,7 @@ def landscape_figure(ls: Landscape, grid: dict, metric: str, split: tuple[int, f
             hovertemplate=(f"your split: {steps} steps x {its:.3g} iterations = {budget} block evaluations"
                            f"<br>{info['label']}: {_with_ci(metric_value(cell, metric) if cell else None)}"
                            "<extra></extra>")))
-        dit = dit_at_budget(ls, budget, grid["method"], grid["cfg_scale"], metric)
+        dit = dit_at_budget(ls, budget, grid["step"], grid["cfg_scale"], metric)
         title += (f"<br>DiT within {budget} block evaluations ({plural(dit['steps'], 'step')}, {dit['block_evals']}): "
                   f"{_with_ci(metric_value(dit, metric))}" if dit else f"<br>no DiT run measured within {budget}")
     fig.update_layout(
@@ -261,7 +265,7 @@ def landscape_answer(ls: Landscape, grid: dict, metric: str, split: tuple[int, f
                 "yours is within the measurement uncertainty of the best split (the 95% intervals overlap)."))
         elif mine is not None:
             lines.append("**Verdict:** yours is the best measured split within this budget.")
-    dit = dit_at_budget(ls, budget, grid["method"], grid["cfg_scale"], metric)
+    dit = dit_at_budget(ls, budget, grid["step"], grid["cfg_scale"], metric)
     if dit is None:
         lines.append(f"**DiT within this budget:** no DiT run measured within {budget} block evaluations "
                      f"(one DiT step costs {ls.dit_depth}).")
@@ -289,18 +293,16 @@ def _ci_relation(a: tuple, b: tuple, higher_is_better: bool) -> str | None:
     return "overlap"
 
 
-def landscape_for_ui(ls: Landscape | None, problem: str, metric, *, budget_mode, steps, iterations, budget,
-                     reuse, method, cfg_scale) -> tuple[object | None, str]:
-    """(figure or None, markdown) for the landscape panel from raw control values; never raises."""
+def landscape_for_ui(ls: Landscape | None, problem: str, metric, **controls) -> tuple[object | None, str]:
+    """(figure or None, markdown) for the landscape panel from raw control values (`LANDSCAPE_CONTROLS` by name;
+    others are ignored); never raises."""
     if ls is None:
         return None, problem
     if not isinstance(metric, str) or metric not in ls.metrics:
         metric = next(iter(ls.metrics))
     try:
-        s = settings_from_ui(budget_mode=budget_mode, steps=steps, iterations=iterations, budget=budget,
-                             allocation="uniform", reuse=reuse, solver="picard", tol=0, cfg_scale=cfg_scale,
-                             method=method)
-        grid, note = pick_grid(ls, s.method, s.cfg_scale, s.reuse)
+        s = settings_from_ui(**{k: v for k, v in controls.items() if k in LANDSCAPE_CONTROLS})
+        grid, note = pick_grid(ls, s.config.step, s.config.cfg_scale, s.config.reuse)
         split = current_split(ls, s)
     except ExploreError as e:
         grid, note = ls.grids[0], ""

@@ -9,7 +9,6 @@ import math
 import shutil
 import sys
 import threading
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +16,15 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from fpdm_core import app_backend as ab
+from fpdm_core import app_checkpoints as ac
 from fpdm_core import app_landscape as al
+from fpdm_core import app_runs as ar
+from fpdm_core import app_settings as aps
 from fpdm_core.checkpoints import load_checkpoint, save_checkpoint
+from fpdm_core.data import FASHION_MNIST_CLASSES
 from fpdm_core.diffusion import spaced_timesteps
 from fpdm_core.models import build_model
+from fpdm_core.sampling import SamplerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 LANDSCAPE = ROOT / "tests" / "fixtures" / "landscape_small.json"  # made-up values in the benchmark's schema
@@ -41,12 +44,11 @@ def load_app_module(name: str):
 main = load_app_module("main")
 launcher = load_app_module("launcher")
 
-# Small and fast: tiny models, 4 images, 4 steps x 2 iterations.
-BASE = dict(fpdm_upload=None, dit_upload=None, fpdm_choice=None, dit_choice=None, weights="ema",
-            budget_mode=ab.MODE_STEPS, steps=4, iterations=2, budget=20, allocation="uniform", reuse=True,
-            solver="picard", tol=0, damping=1.0,
-            class_choice=ab.ALL_CLASSES, cfg_scale=1.0, seed=0, num_images=4, method="ddim")
-API = {k: v for k, v in BASE.items() if k not in ("fpdm_upload", "dit_upload")}  # uploads live in the session
+# Small and fast: tiny models, 4 images, 4 steps x 2 iterations; every other control at the page's default.
+# API: the generate endpoint's parameters in its order (the checkpoint slots, then every control by name).
+API = {"fpdm_choice": None, "dit_choice": None, "weights": "ema",
+       **{**aps.DEFAULTS, **dict(steps=4, iterations=2, budget=20, cfg_scale=1.0, num_images=4, precision="fp32")}}
+BASE = dict(fpdm_upload=None, dit_upload=None, **API)  # uploads live in the session
 
 
 def write_nan_checkpoint(src: Path, dst: Path) -> None:
@@ -76,12 +78,12 @@ def write_mismatched_checkpoint(src: Path, dst: Path) -> None:
 def ckpt_dir(tiny_checkpoints, tmp_path_factory) -> Path:
     """The tiny checkpoints under the shipped names, plus corrupt, diverging, mismatched and classifier files."""
     d = tmp_path_factory.mktemp("app_ckpts")
-    shutil.copy(tiny_checkpoints["fpdm"], d / ab.DEFAULT_NAMES["fpdm"])
-    shutil.copy(tiny_checkpoints["dit"], d / ab.DEFAULT_NAMES["dit"])
+    shutil.copy(tiny_checkpoints["fpdm"], d / ac.DEFAULT_NAMES["fpdm"])
+    shutil.copy(tiny_checkpoints["dit"], d / ac.DEFAULT_NAMES["dit"])
     (d / "broken.safetensors").write_bytes(b"\x00" * 64)
-    (d / ab.CLASSIFIER_FILE).write_bytes(b"not offered")
-    write_nan_checkpoint(d / ab.DEFAULT_NAMES["fpdm"], d / "nan-fpdm.safetensors")
-    write_mismatched_checkpoint(d / ab.DEFAULT_NAMES["fpdm"], d / "mismatched.safetensors")
+    (d / ac.CLASSIFIER_FILE).write_bytes(b"not offered")
+    write_nan_checkpoint(d / ac.DEFAULT_NAMES["fpdm"], d / "nan-fpdm.safetensors")
+    write_mismatched_checkpoint(d / ac.DEFAULT_NAMES["fpdm"], d / "mismatched.safetensors")
     return d
 
 
@@ -132,7 +134,7 @@ def test_valid_settings_give_images_figures_strips_and_budget(ckpt_dir):
     assert "4 FPDM steps, 4 DiT steps in" in done["status"]
     fpdm_img, dit_img = done["fpdm_img"], done["dit_img"]
     assert fpdm_img.dtype == np.uint8 and fpdm_img.shape == dit_img.shape
-    assert fpdm_img.shape == (32 * ab.GRID_SCALE, 122 * ab.GRID_SCALE)  # 1 row of 4 images of 28 px, 2 px padding
+    assert fpdm_img.shape == (32 * ar.GRID_SCALE, 122 * ar.GRID_SCALE)  # 1 row of 4 images of 28 px, 2 px padding
     heat, bars = done["heatmap"], done["bars"]
     assert heat["config"] == {"displayModeBar": False} and bars["config"] == {"displayModeBar": False}
     z = values(heat["data"][0]["z"])
@@ -152,8 +154,8 @@ def test_valid_settings_give_images_figures_strips_and_budget(ckpt_dir):
 
 
 def test_progress_estimate_is_measured_and_grids_refresh_at_most_every_update(ckpt_dir):
-    updates = list(ab.explore(ab.load_slot("fpdm", ckpt_dir).model, ab.load_slot("dit", ckpt_dir).model,
-                              replace(ab.Settings(), steps=40, iterations=1, num_images=1, cfg_scale=1.0),
+    updates = list(ar.explore(ac.load_slot("fpdm", ckpt_dir).model, ac.load_slot("dit", ckpt_dir).model,
+                              aps.Settings(num_images=1).with_sampler(steps=40, iterations=1, cfg_scale=1.0),
                               max_updates=10))
     progress = [u.progress for u in updates]
     assert progress == sorted(progress) and progress[-1] == 1.0 and len(updates) == 40 + 30 + 1  # DiT: 120 // 4
@@ -162,20 +164,25 @@ def test_progress_estimate_is_measured_and_grids_refresh_at_most_every_update(ck
 
 
 @pytest.mark.parametrize("overrides, expect", [
-    (dict(budget_mode=ab.MODE_BUDGET_STEPS, steps=10, budget=5), "below"),
-    (dict(budget_mode=ab.MODE_BUDGET, budget=3), "below one step"),
-    (dict(num_images=ab.LIMITS["num_images"].hi + 1), "number of images"),
+    (dict(budget_mode=aps.MODE_BUDGET_STEPS, steps=10, budget=5), "below"),
+    (dict(budget_mode=aps.MODE_BUDGET, budget=3), "below one step"),
+    (dict(num_images=aps.MAX_IMAGES + 1), "number of images"),
     (dict(num_images=0), "number of images"),
     (dict(class_choice="Unicorn"), "unknown class"),
     (dict(allocation="adaptive", tol=0), "tolerance"),
     (dict(allocation="sideways"), "unknown allocation"),
     (dict(solver="newton"), "unknown solver"),
     (dict(steps=2.5), "sampling steps must be a whole number"),
-    (dict(steps="10"), "sampling steps must be a whole number from 1 to 100, got '10'"),
-    (dict(steps=None), "sampling steps is empty"),
-    (dict(steps=500), "sampling steps must be between 1 and 100, got 500"),
+    (dict(steps="10"), "sampling steps must be an integer in 1..1000, got '10'"),
+    (dict(steps=None), "sampling steps is empty: enter an integer in 1..1000"),
+    (dict(steps=1001), "sampling steps must be an integer in 1..1000, got 1001"),
+    (dict(iterations=101), "iterations per step must be an integer in 1..100, got 101"),
+    (dict(cfg_channels=65), "guided channels must be an integer in 1..64, got 65 (0 = unset)"),
+    (dict(step="euler"), "unknown reverse step 'euler'; choose one of: ddim, ddpm"),
+    (dict(precision="fp8"), "unknown precision"),
+    (dict(budget_mode=aps.MODE_BUDGET, budget=10**6), "more than the limit 100: lower the budget"),
     (dict(seed=None), "seed"),
-    (dict(seed=2**32), "seed must be between 0 and 4294967295"),
+    (dict(seed=2**32), "seed must be an integer in 0..4294967295"),
     (dict(seed=-1), "seed"),
     (dict(tol=float("nan")), "tolerance must be a finite number"),
     (dict(cfg_scale=float("inf")), "guidance scale must be a finite number"),
@@ -184,11 +191,11 @@ def test_progress_estimate_is_measured_and_grids_refresh_at_most_every_update(ck
     (dict(reuse="yes"), "solution reuse"),
     (dict(fpdm_choice="broken.safetensors"), "could not load checkpoint broken.safetensors"),
     (dict(fpdm_choice="mismatched.safetensors"), "could not load checkpoint mismatched.safetensors"),
-    (dict(fpdm_choice=ab.CLASSIFIER_FILE), "not one of the checkpoints"),
+    (dict(fpdm_choice=ac.CLASSIFIER_FILE), "not one of the checkpoints"),
     (dict(fpdm_choice="../../etc/passwd"), "not one of the checkpoints"),
     (dict(fpdm_choice=str(ROOT / "pyproject.toml")), "not one of the checkpoints"),
     (dict(fpdm_choice=7), "FPDM checkpoint must be a file name"),
-    (dict(fpdm_choice=ab.DEFAULT_NAMES["dit"]), "the FPDM slot needs a FPDM checkpoint"),
+    (dict(fpdm_choice=ac.DEFAULT_NAMES["dit"]), "the FPDM slot needs a FPDM checkpoint"),
     (dict(fpdm_choice="nan-fpdm.safetensors"), "diverged"),
     (dict(weights="/etc/passwd"), "unknown weights"),
     (dict(steps=100, iterations=30, num_images=64), "the app's cap is 20,000"),
@@ -210,7 +217,7 @@ def test_invalid_input_gives_a_message(ckpt_dir, overrides, expect):
     "bad tensor ['blocks.0.attn.qkv.weight', 'blocks.0.mlp.fc1.bias'] in /srv/ckpts/x.safetensors",
 ])
 def test_load_errors_lose_server_paths_and_weight_names(error):
-    msg = ab.public_message(ValueError(error), "x.safetensors")
+    msg = ac.public_message(ValueError(error), "x.safetensors")
     assert msg.startswith("could not load checkpoint x.safetensors: ") and "/srv" not in msg
     assert "blocks" not in msg and "\n" not in msg
 
@@ -219,16 +226,16 @@ def test_work_cap_message_says_how_to_stay_under_it(ckpt_dir):
     status = final(ckpt_dir, steps=50, iterations=10, num_images=64)["status"]
     per_image = 50 * (1 + 10 + 1) + (50 * 12 // 4) * 4  # FPDM, then the DiT steps that fit the same budget
     assert f"{per_image * 64:,} block evaluations x images" in status, status
-    assert f"Use at most {ab.MAX_WORK // per_image} images" in status
-    fits = final(ckpt_dir, steps=50, iterations=10, num_images=ab.MAX_WORK // per_image)
+    assert f"Use at most {aps.MAX_WORK // per_image} images" in status
+    fits = final(ckpt_dir, steps=50, iterations=10, num_images=aps.MAX_WORK // per_image)
     assert fits["status"].startswith("**Done:**"), fits["status"]
 
 
 @pytest.mark.parametrize("overrides", [
     dict(budget=None),  # steps x iterations: the budget box is unused
     dict(budget=float("nan")),
-    dict(budget_mode=ab.MODE_BUDGET_STEPS, budget=20, iterations="x"),
-    dict(budget_mode=ab.MODE_BUDGET, budget=20, steps=None, iterations=float("inf")),
+    dict(budget_mode=aps.MODE_BUDGET_STEPS, budget=20, iterations="x"),
+    dict(budget_mode=aps.MODE_BUDGET, budget=20, steps=None, iterations=float("inf")),
     dict(solver="anderson", damping=float("nan")),  # damping is Picard's
 ])
 def test_controls_the_mode_does_not_use_never_block(ckpt_dir, overrides):
@@ -247,7 +254,7 @@ def test_seed_range_is_what_the_generator_uses(ckpt_dir):
 
 def test_large_requests_give_memory_back(ckpt_dir, monkeypatch):
     calls = []
-    monkeypatch.setattr(ab, "release_memory", calls.append)
+    monkeypatch.setattr(ar, "release_memory", calls.append)
     final(ckpt_dir)  # 4 images x (16 FPDM + 16 DiT block evaluations)
     final(ckpt_dir, steps="x")
     assert calls == [4 * (16 + 16), 0]
@@ -271,7 +278,7 @@ def gradio_upload(tmp_path: Path, name: str, content: bytes | Path) -> Path:
 
 
 def test_uploaded_checkpoint_is_loaded_then_deleted(ckpt_dir, tmp_path):
-    upload = gradio_upload(tmp_path, "uploaded.safetensors", ckpt_dir / ab.DEFAULT_NAMES["fpdm"])
+    upload = gradio_upload(tmp_path, "uploaded.safetensors", ckpt_dir / ac.DEFAULT_NAMES["fpdm"])
     models, message, _ = main.accept_upload("fpdm", "cpu", str(upload))
     assert not upload.exists() and not upload.parent.exists(), "the upload is removed once loaded"
     assert "uploaded.safetensors" in message and set(models) == {"ema", "model"}
@@ -281,7 +288,7 @@ def test_uploaded_checkpoint_is_loaded_then_deleted(ckpt_dir, tmp_path):
     raw = final(ckpt_dir, fpdm_upload=models, weights="model")
     assert raw["status"].startswith("**Done:**") and not np.array_equal(raw["fpdm_img"], listed["fpdm_img"])
 
-    wrong = gradio_upload(tmp_path, "dit.safetensors", ckpt_dir / ab.DEFAULT_NAMES["dit"])
+    wrong = gradio_upload(tmp_path, "dit.safetensors", ckpt_dir / ac.DEFAULT_NAMES["dit"])
     models, message, box = main.accept_upload("fpdm", "cpu", str(wrong))
     assert models is None and box is None and not wrong.exists()
     assert message.startswith("**Upload refused:**") and "needs a FPDM checkpoint" in message
@@ -293,25 +300,25 @@ def test_uploaded_checkpoint_is_loaded_then_deleted(ckpt_dir, tmp_path):
 
 
 def test_upload_size_limit(ckpt_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(ab, "MAX_UPLOAD_MB", 0)
+    monkeypatch.setattr(ac, "MAX_UPLOAD_MB", 0)
     path = tmp_path / "big.safetensors"
-    shutil.copy(ckpt_dir / ab.DEFAULT_NAMES["fpdm"], path)
-    with pytest.raises(ab.ExploreError, match="up to 0 MB"):
-        ab.load_upload("fpdm", path, path.name)
+    shutil.copy(ckpt_dir / ac.DEFAULT_NAMES["fpdm"], path)
+    with pytest.raises(aps.ExploreError, match="up to 0 MB"):
+        ac.load_upload("fpdm", path, path.name)
 
 
 def test_missing_checkpoint_says_how_to_train_without_server_paths(tmp_path):
     status = final(tmp_path / "empty")["status"]
     assert "No FPDM checkpoint `fpdm-fm-m.safetensors`" in status and "python -m fpdm_core.train" in status
     assert str(tmp_path) not in status
-    md = ab.checkpoint_status(tmp_path / "empty")
+    md = ac.checkpoint_status(tmp_path / "empty")
     assert "fpdm-fm-m.safetensors" in md and "dit-fm-m.safetensors" in md and "Train one" in md
 
 
 def test_dit_panel_explains_itself(ckpt_dir, tmp_path):
     solo = tmp_path / "solo"
     solo.mkdir()
-    shutil.copy(ckpt_dir / ab.DEFAULT_NAMES["fpdm"], solo / ab.DEFAULT_NAMES["fpdm"])
+    shutil.copy(ckpt_dir / ac.DEFAULT_NAMES["fpdm"], solo / ac.DEFAULT_NAMES["fpdm"])
     done = final(solo)
     assert done["status"].startswith("**Done:**") and is_image(done["fpdm_img"]) and done["dit_img"] is None
     assert "No DiT baseline" in done["dit_note"] and "nominal DiT depth 8" in done["summary"]
@@ -325,7 +332,7 @@ def test_dit_panel_explains_itself(ckpt_dir, tmp_path):
 
 def test_comparisons_in_one_click(ckpt_dir):
     kw = {k: v for k, v in BASE.items() if k not in ("fpdm_upload", "dit_upload", "dit_choice")}
-    reuse = [as_arrays(u) for u in main.compare(str(ckpt_dir), "cpu", None, comparison=ab.COMPARE_REUSE,
+    reuse = [as_arrays(u) for u in main.compare(str(ckpt_dir), "cpu", None, comparison=ar.COMPARE_REUSE,
                                                 allocation_b="increasing", **kw)][-1]
     assert reuse["compare_status"].startswith("**Done:** reuse on vs reuse off, 4 steps each")
     assert is_image(reuse["a_img"]) and reuse["a_img"].shape == reuse["b_img"].shape
@@ -333,12 +340,12 @@ def test_comparisons_in_one_click(ckpt_dir):
     assert za.shape == zb.shape == (4, 2) and not np.allclose(za[1:, 0], zb[1:, 0]), "reuse changes later first residuals"
     assert np.allclose(za[0], zb[0]), "the first step starts the same way"
     assert "| **reuse on** | 4 | 2-2 | 16 of 16 |" in reuse["compare_summary"]
-    alloc = [as_arrays(u) for u in main.compare(str(ckpt_dir), "cpu", None, comparison=ab.COMPARE_ALLOCATIONS,
-                                                allocation_b="increasing", **{**kw, "budget_mode": ab.MODE_BUDGET_STEPS,
+    alloc = [as_arrays(u) for u in main.compare(str(ckpt_dir), "cpu", None, comparison=ar.COMPARE_ALLOCATIONS,
+                                                allocation_b="increasing", **{**kw, "budget_mode": aps.MODE_BUDGET_STEPS,
                                                                               "budget": 24})][-1]
     assert "| **uniform allocation** | 4 | 4-4 | 24 of 24 |" in alloc["compare_summary"]
     assert "| **increasing allocation** | 4 | 2-6 | 24 of 24 |" in alloc["compare_summary"]
-    same = [as_arrays(u) for u in main.compare(str(ckpt_dir), "cpu", None, comparison=ab.COMPARE_ALLOCATIONS,
+    same = [as_arrays(u) for u in main.compare(str(ckpt_dir), "cpu", None, comparison=ar.COMPARE_ALLOCATIONS,
                                                allocation_b="uniform", **kw)][-1]
     assert same["compare_status"].startswith("**Cannot run:**") and "second allocation" in same["compare_status"]
 
@@ -363,22 +370,25 @@ def test_reuse_state_not_shared_between_interleaved_calls(ckpt_dir):
 
 
 def test_settings_defaults_and_checkpoint_listing(ckpt_dir, monkeypatch, tmp_path):
-    s = ab.settings_from_ui(budget_mode=ab.MODE_STEPS, steps=10.0, iterations=3.0, budget=None, allocation="uniform",
-                            reuse=1, solver="Picard", tol=None)
-    assert (s.steps, s.iterations, s.solver, s.tol) == (10, 3, "picard", 0.0)
-    config, headline = ab.Settings().sampler_config(), ab.SAMPLER_DEFAULTS
-    for key in ("cfg_scale", "spacing", "method", "eta", "reuse", "solver", "cfg_channels"):  # the kit's headline
+    s = aps.settings_from_ui(budget_mode=aps.MODE_STEPS, steps=10.0, iterations=3.0, budget=None, allocation="uniform",
+                             reuse=1, solver="Picard", tol=None)
+    assert (s.config.steps, s.config.iterations, s.config.solver, s.config.tol) == (10, 3, "picard", None)
+    config, headline = aps.Settings().config, SamplerConfig()
+    for key in ("cfg_scale", "spacing", "step", "eta", "reuse", "solver", "cfg_channels"):  # the kit's headline
         assert getattr(config, key) == getattr(headline, key), key
-    assert config.precision == "auto"
-    names = ab.list_checkpoints(ckpt_dir)
-    assert ab.CLASSIFIER_FILE not in names and "fpdm-fm-m.safetensors" in names
-    with pytest.raises(ab.ExploreError):
-        ab.resolve_checkpoint("fpdm", ckpt_dir, "../" + ckpt_dir.name + "/fpdm-fm-m.safetensors")
-    monkeypatch.setenv(ab.CHECKPOINT_DIR_ENV, str(tmp_path))
-    assert ab.checkpoint_dir() == tmp_path and ab.checkpoint_dir("/x") == Path("/x")
-    fpdm_dd, dit_dd, md = main.refresh(str(ckpt_dir), "cpu")
+    assert config.precision == "auto" and aps.settings_from_ui() == aps.Settings()
+    names = ac.list_checkpoints(ckpt_dir)
+    assert ac.CLASSIFIER_FILE not in names and "fpdm-fm-m.safetensors" in names
+    with pytest.raises(aps.ExploreError):
+        ac.resolve_checkpoint("fpdm", ckpt_dir, "../" + ckpt_dir.name + "/fpdm-fm-m.safetensors")
+    monkeypatch.setenv(ac.CHECKPOINT_DIR_ENV, str(tmp_path))
+    assert ac.checkpoint_dir() == tmp_path and ac.checkpoint_dir("/x") == Path("/x")
+    fpdm_dd, dit_dd, md, classes = main.refresh(str(ckpt_dir), "cpu", class_choice="Bag")
     assert fpdm_dd.value == "fpdm-fm-m.safetensors" and dit_dd.value == "dit-fm-m.safetensors"
     assert "hidden 32" in md
+    assert [c[0] for c in classes.choices] == aps.class_choices(ac.load_slot("fpdm", ckpt_dir).model.config)
+    assert classes.value == "Bag" and "Bag" in FASHION_MNIST_CLASSES  # the tiny model is Fashion-MNIST shaped
+    assert main.refresh(str(tmp_path), "cpu")[3].value == aps.ALL_CLASSES  # no checkpoint: generic classes
 
 
 def test_build_demo_controls_share_the_back_end_limits(ckpt_dir):
@@ -391,12 +401,13 @@ def test_build_demo_controls_share_the_back_end_limits(ckpt_dir):
     props = {c.get("props", {}).get("elem_id"): c["props"] for c in demo.config["components"]}
     assert {"steps", "iterations", "reuse", "generate", "fpdm-images", "dit-images", "residual-plot", "landscape-plot",
             "fpdm-strip", "dit-strip", "compare-button", "compare-a", "compare-b", "metric"} <= set(props)
-    for elem_id, key in (("steps", "steps"), ("iterations", "iterations"), ("num-images", "num_images"),
-                         ("cfg-scale", "cfg_scale"), ("damping", "damping"), ("budget", "budget"), ("seed", "seed")):
-        lim = ab.LIMITS[key]
-        assert (props[elem_id]["minimum"], props[elem_id]["maximum"]) == (lim.lo, lim.hi), elem_id
+    params = {e: [p["parameter_name"] for p in d["parameters"]] for e, d in demo.get_api_info()["named_endpoints"].items()}
+    assert params["/generate"] == list(API), "the endpoint takes every control by name"
+    assert params["/compare"] == ["fpdm_choice", "weights", "comparison", "allocation_b", *aps.DEFAULTS]
     assert props["steps"]["step"] == 1 and props["steps"]["precision"] == 0
     assert [c[1] for c in props["metric"]["choices"]] == ["accuracy", "fcd"]
+    tiny = ac.load_slot("fpdm", ckpt_dir).model.config
+    assert [c[1] for c in props["class-choice"]["choices"]] == aps.class_choices(tiny), "the model's classes"
 
 
 # ----------------------------------------------------------------------------- the landscape
@@ -426,14 +437,15 @@ def test_landscape_pure_functions(landscape):
     dit = al.dit_at_budget(landscape, 50, "ddim", 3.0, "accuracy")
     assert (dit["steps"], dit["block_evals"]) == (6, 48)
     assert al.dit_at_budget(landscape, 7, "ddim", 3.0, "accuracy") is None
-    assert al.current_split(landscape, replace(ab.Settings(), steps=10, iterations=3)) == (10, 3.0, 50)
-    steps, its, budget = al.current_split(landscape, replace(ab.Settings(), budget_mode=ab.MODE_BUDGET, budget=50))
+    assert al.current_split(landscape, aps.Settings().with_sampler(steps=10, iterations=3)) == (10, 3.0, 50)
+    steps, its, budget = al.current_split(landscape, aps.Settings(budget_mode=aps.MODE_BUDGET,
+                                                                  config=SamplerConfig(budget=50)))
     assert budget == 50 and steps * (its + 2) == pytest.approx(50) and its >= 2
 
 
 def test_landscape_answer_to_ten_steps_by_three(landscape):
-    fig, text = al.landscape_for_ui(landscape, "", "accuracy", budget_mode=ab.MODE_STEPS, steps=10, iterations=3,
-                                    budget=None, reuse=True, method="ddim", cfg_scale=3.0)
+    fig, text = al.landscape_for_ui(landscape, "", "accuracy", budget_mode=aps.MODE_STEPS, steps=10, iterations=3,
+                                    budget=None, reuse=True, step="ddim", cfg_scale=3.0)
     assert "**Your split:** 10 steps x 3 iterations per step = 50 block evaluations" in text
     assert "Measured class accuracy (kit classifier) here: 0.837 (95% CI 0.817-0.857)" in text
     assert "**Best measured split within 50:**" in text and "**DiT within this budget:** 6 steps (48" in text
@@ -448,8 +460,8 @@ def test_landscape_answer_to_ten_steps_by_three(landscape):
 
 def test_landscape_marker_follows_the_sliders(landscape):
     def marker(**kw):
-        fig, _ = al.landscape_for_ui(landscape, "", "fcd", **{**dict(budget_mode=ab.MODE_STEPS, steps=10, iterations=3,
-                                                                     budget=50, reuse=True, method="ddim",
+        fig, _ = al.landscape_for_ui(landscape, "", "fcd", **{**dict(budget_mode=aps.MODE_STEPS, steps=10, iterations=3,
+                                                                     budget=50, reuse=True, step="ddim",
                                                                      cfg_scale=3.0), **kw})
         return fig.data[-1].x[0], fig.data[-1].y[0]
 
@@ -457,18 +469,19 @@ def test_landscape_marker_follows_the_sliders(landscape):
     assert marker(steps=5) == (1.0, 2.0) and marker(iterations=6) == (2.0, 3.0)
     x, y = marker(steps=7)  # between measured columns: log-interpolated
     assert 1 < x < 2 and y == 2.0
-    _, text = al.landscape_for_ui(landscape, "", "accuracy", budget_mode=ab.MODE_STEPS, steps=7, iterations=3,
-                                  budget=None, reuse=True, method="ddim", cfg_scale=3.0)
+    _, text = al.landscape_for_ui(landscape, "", "accuracy", budget_mode=aps.MODE_STEPS, steps=7, iterations=3,
+                                  budget=None, reuse=True, step="ddim", cfg_scale=3.0)
     assert "Nearest measured splits: 5 x 3 (25 block evaluations): " in text and "; 10 x 3 (50 block" in text
-    fig, text = al.landscape_for_ui(landscape, "", "fcd", budget_mode=ab.MODE_STEPS, steps=None, iterations=3,
-                                    budget=50, reuse=True, method="ddim", cfg_scale=3.0)
+    fig, text = al.landscape_for_ui(landscape, "", "fcd", budget_mode=aps.MODE_STEPS, steps=None, iterations=3,
+                                    budget=50, reuse=True, step="ddim", cfg_scale=3.0)
     assert "**Cannot place your split:** sampling steps is empty" in text and len(fig.data) == 1
 
 
 def test_landscape_missing_or_malformed(tmp_path):
     ls, problem = al.landscape_or_problem(tmp_path / "landscape.json")
     assert ls is None and al.LANDSCAPE_COMMAND in problem and str(tmp_path) not in problem
-    fig, text = main.landscape(str(tmp_path / "landscape.json"), "accuracy", ab.MODE_STEPS, 10, 3, 50, True, "ddim", 3.0)
+    fig, text = main.landscape(str(tmp_path / "landscape.json"), "accuracy", budget_mode=aps.MODE_STEPS, steps=10,
+                               iterations=3, budget=50, reuse=True, step="ddim", cfg_scale=3.0)
     assert fig is None and "python -m fpdm_core.bench landscape --quick" in text
     bad = tmp_path / "bad.json"
     for content in ("{not json", json.dumps({"results": {"metrics": {}}}), json.dumps({"results": []})):
@@ -478,33 +491,47 @@ def test_landscape_missing_or_malformed(tmp_path):
 
 
 # ----------------------------------------------------------------------------- fuzz: bad values, one field each
-NUMERIC = {"steps", "iterations", "budget", "num_images", "seed", "cfg_scale", "tol", "damping"}
-CHOICES = {"budget_mode": ab.BUDGET_MODES, "allocation": ab.ALLOCATIONS, "solver": ("picard", "anderson", "Picard"),
-           "method": ab.METHODS, "weights": ab.WEIGHTS, "class_choice": main.CLASS_CHOICES}
+CONTROLS = aps.controls(aps.class_choices(None) + list(FASHION_MNIST_CLASSES))  # what the tiny models offer
+NUMERIC = {n for n, c in CONTROLS.items() if c.kind in ("slider", "number")}
+BOOLEAN = {n for n, c in CONTROLS.items() if c.kind == "checkbox"}
+CHOICES = {**{n: c.choices for n, c in CONTROLS.items() if c.kind in ("radio", "dropdown")}, "weights": ac.WEIGHTS}
+LABELS = {**aps.FIELD_LABELS, **ac.SLOT_LABELS}
 junk = st.one_of(st.text(max_size=12), st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3),
                  st.integers(), max_size=1), st.booleans())
 
 
+def is_refused(field: str, v) -> bool:
+    """Whether the declaration refuses the number `v` for `field` (0 is "unset" for an optional box)."""
+    opt, c = aps.ALL_OPTIONS[field], CONTROLS[field]
+    if c.none_is_zero and v == 0:
+        return False
+    if opt.type is int and v != int(v):
+        return True
+    return opt.problem(int(v) if opt.type is int else float(v)) is not None
+
+
 def bad_value(field: str):
     if field in NUMERIC:
-        lim = ab.LIMITS[field]
-        numbers = st.one_of(st.sampled_from([math.nan, math.inf, -math.inf, lim.lo - 1, lim.hi + 1, 10**30]),
-                            st.floats(allow_nan=False, allow_infinity=False).filter(lambda v: not lim.lo <= v <= lim.hi))
-        if lim.integer:
-            numbers = st.one_of(numbers, st.sampled_from([lim.lo + 0.5, 1.5]))
-        none = st.nothing() if field == "tol" else st.none()  # a cleared tolerance means 0
-        return st.one_of(numbers, junk, none)
+        opt = aps.ALL_OPTIONS[field]
+        edges = [x for x in (opt.lo - 1, opt.hi + 1 if opt.hi is not None else None, 10**30, -(10**30), opt.lo + 0.5, 1.5)
+                 if x is not None and is_refused(field, x)]
+        numbers = st.one_of(st.sampled_from([math.nan, math.inf, -math.inf, *edges]),
+                            st.floats(allow_nan=False, allow_infinity=False).filter(lambda v: is_refused(field, v)))
+        if CONTROLS[field].none_is_zero:  # a cleared optional box (None or "") means unset
+            return st.one_of(numbers, junk.filter(lambda v: v != ""))
+        return st.one_of(numbers, junk, st.none())
     if field in CHOICES:
-        return st.one_of(junk, st.none(), st.integers()).filter(lambda v: v not in CHOICES[field])
-    if field == "reuse":
+        return st.one_of(junk, st.none(), st.integers()).filter(
+            lambda v: not (isinstance(v, str) and v.lower() in [c.lower() for c in CHOICES[field]]))
+    if field in BOOLEAN:
         return st.one_of(st.text(max_size=5), st.none(), st.floats(), st.integers().filter(lambda v: v not in (0, 1)))
-    return st.one_of(st.text(max_size=30).filter(lambda v: v not in ("", *ab.DEFAULT_NAMES.values())),
+    return st.one_of(st.text(max_size=30).filter(lambda v: v not in ("", *ac.DEFAULT_NAMES.values())),
                      st.integers(), st.lists(st.text(max_size=3), max_size=2))  # fpdm_choice / dit_choice
 
 
-FIELDS = sorted(NUMERIC | set(CHOICES) | {"reuse", "fpdm_choice", "dit_choice"})
-MODES = {ab.MODE_STEPS: dict(steps=2, iterations=2), ab.MODE_BUDGET_STEPS: dict(steps=2, budget=8),
-         ab.MODE_BUDGET: dict(budget=8)}
+FIELDS = sorted(NUMERIC | set(CHOICES) | BOOLEAN | {"fpdm_choice", "dit_choice"})
+MODES = {aps.MODE_STEPS: dict(steps=2, iterations=2), aps.MODE_BUDGET_STEPS: dict(steps=2, budget=8),
+         aps.MODE_BUDGET: dict(budget=8)}
 
 
 @st.composite
@@ -519,15 +546,15 @@ def bad_request(draw):
 def expect_answer(field: str, request: dict, status: str, dit_note: str) -> None:
     """Blocked with the field's name, or (an unused control, a bad DiT choice) done anyway."""
     assert "unexpected" not in status and status.strip() not in ("Error", "**Cannot run:**"), status
-    used = replace(ab.Settings(), budget_mode=request["budget_mode"] if request["budget_mode"] in ab.BUDGET_MODES
-                   else ab.MODE_STEPS).used_fields() + ("damping",)
-    if field in NUMERIC and field not in used:
+    mode = request["budget_mode"] if request["budget_mode"] in aps.BUDGET_MODES else aps.MODE_STEPS
+    used = aps.used_fields(mode, API)  # the base request's solver and reverse step
+    if field in aps.SAMPLER_OPTIONS and field in NUMERIC and field not in used:
         assert status.startswith("**Done:**"), (field, request[field], status)
     elif field == "dit_choice":
         assert status.startswith("**Done:**") and "DiT checkpoint" in dit_note, (request[field], status, dit_note)
     else:
         assert status.startswith("**Cannot run:**"), (field, request[field], status)
-        assert ab.FIELD_LABELS[field] in status, (field, request[field], status)
+        assert LABELS[field] in status, (field, request[field], status)
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
@@ -594,7 +621,7 @@ def test_server_eight_clients_then_fuzzed_api_calls(ckpt_dir, tmp_path):
         import urllib.request
 
         with urllib.request.urlopen(f"{url}config", timeout=30) as r:
-            assert json.load(r)["max_file_size"] == ab.MAX_UPLOAD_MB * 2**20, "uploads are capped"
+            assert json.load(r)["max_file_size"] == ac.MAX_UPLOAD_MB * 2**20, "uploads are capped"
         # bad requests over HTTP: each answered in the page with its field's name, none a generic error
         client = Client(url, verbose=False, analytics_enabled=False, download_files=str(tmp_path / "fuzz"))
 
@@ -611,13 +638,13 @@ def test_server_eight_clients_then_fuzzed_api_calls(ckpt_dir, tmp_path):
             request = {**API, field: value}                                    # send NaN and Infinity literals
             got = dict(zip(names, call_raw(url, "generate", [request[k] for k in API])))
             expect_answer(field, request, got["status"], got["dit_note"])
-        bad = dict(zip(names, client.predict(**{**API, "budget_mode": ab.MODE_BUDGET_STEPS, "steps": 10, "budget": 5},
+        bad = dict(zip(names, client.predict(**{**API, "budget_mode": aps.MODE_BUDGET_STEPS, "steps": 10, "budget": 5},
                                              api_name="/generate")))
         assert bad["status"].startswith("**Cannot run:**") and bad["fpdm_img"] is None
         again = dict(zip(names, client.predict(**API, api_name="/generate")))
         assert again["status"].startswith("**Done:**")
         compared = dict(zip(main.COMPARE_OUTPUTS, client.predict(
-            **{k: v for k, v in API.items() if k != "dit_choice"}, comparison=ab.COMPARE_REUSE,
+            **{k: v for k, v in API.items() if k != "dit_choice"}, comparison=ar.COMPARE_REUSE,
             allocation_b="increasing", api_name="/compare")))
         assert compared["compare_status"].startswith("**Done:** reuse on vs reuse off")
 

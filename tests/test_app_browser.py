@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fpdm_core import app_backend as ab
+from fpdm_core import app_checkpoints as ac
 from fpdm_core.diffusion import spaced_timesteps
 
 CHROMIUM = "/usr/bin/chromium"
@@ -39,8 +39,8 @@ def browser_app(request, tmp_path_factory):
         pytest.skip("the playwright Python package is not importable: `pip install playwright`")
     tiny = request.getfixturevalue("tiny_checkpoints")  # after the skips: no training for a skipped test
     d = tmp_path_factory.mktemp("browser_ckpts")
-    shutil.copy(tiny["fpdm"], d / ab.DEFAULT_NAMES["fpdm"])
-    shutil.copy(tiny["dit"], d / ab.DEFAULT_NAMES["dit"])
+    shutil.copy(tiny["fpdm"], d / ac.DEFAULT_NAMES["fpdm"])
+    shutil.copy(tiny["dit"], d / ac.DEFAULT_NAMES["dit"])
     launcher = load_launcher()
     with launcher.running_app(d, extra_args=["--landscape", str(LANDSCAPE)]) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=launcher.CHROMIUM_ARGS)
