@@ -57,7 +57,7 @@ def load_vae(path_or_id: str | Path, *, subfolder: str | None = None, device: st
     try:
         from diffusers import AutoencoderKL
     except ImportError as e:
-        raise LatentsError("latent space needs diffusers: `pip install diffusers`") from e
+        raise LatentsError("latent space needs diffusers, the kit's [latents] extra: `pip install -e '.[latents]'`") from e
     try:
         vae = AutoencoderKL.from_pretrained(str(path_or_id), subfolder=subfolder, local_files_only=True,
                                             torch_dtype=dtype, low_cpu_mem_usage=False)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("diffusers", reason="diffusers not installed: `pip install diffusers`")
+pytest.importorskip("diffusers", reason="diffusers (the [latents] extra) not installed: `bash scripts/setup.sh --dev`")
 
 from fpdm_core.data import load_dataset, load_image_folder  # noqa: E402
 from fpdm_core.latents import (LATENT_SCALE, LatentsError, checkpoint_latents_info, decode_latents,  # noqa: E402
