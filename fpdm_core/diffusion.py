@@ -39,7 +39,8 @@ class DiffusionConfig:
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {self.prediction!r}; expected one of {PREDICTIONS}")
         if self.beta_schedule == "linear" and t < LINEAR_MIN_TIMESTEPS:
-            raise ValueError(f"linear schedule needs num_timesteps > 20 (last beta = 20/T), got {t}")
+            raise ValueError(f"linear schedule needs num_timesteps > 20 (last beta = 20/T), got {t}: use more "
+                             f"timesteps or the cosine schedule")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,6 +1,7 @@
 """What the tutorial notebooks share, so that no notebook carries package code.
 
-- `load_or_train`: a shipped (or given) checkpoint, or a tiny model trained for seconds when the file is missing.
+- `load_or_train`: a shipped (or given) checkpoint with its diffusion process, or a tiny model trained for seconds
+  when the file is missing.
 - Toy fixed-point problems (`tanh_map`, `linear_map`) and `toy_outcome`, which tells converged,
   not converged and diverged apart (a residual that grew 1000-fold is divergence, not convergence).
 - Figures drawn by code: the DiT vs FPDM architecture, noising at several t, denoising frames
@@ -18,14 +19,15 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 
 from . import assets
-from .checkpoints import SHIPPED, load_checkpoint, load_model
-from .models import FPDM, ModelConfig
+from .checkpoints import SHIPPED, load_checkpoint, load_pipeline
+from .diffusion import GaussianDiffusion
+from .models import DiT, FPDM, ModelConfig
 from .plots import image_grid, residual_matrix
 from .sampling import SampleRecord, SamplerConfig, new_record, sample_progressive
 from .solvers import NonFiniteError, SolverStats, solve
@@ -41,24 +43,32 @@ MISSING = "not yet measured"
 
 
 # ----------------------------------------------------------------------------- models
+class TutorialModel(NamedTuple):
+    """A model in eval mode, the diffusion process it was trained with (sample it with that), where it came from."""
+
+    model: DiT | FPDM
+    diffusion: GaussianDiffusion
+    source: str
+
+
 def load_or_train(kind: str, path: str | Path | None = None, recipe: dict | None = None, *,
-                  device: str | torch.device = "cpu", seed: int = 0):
-    """(model in eval mode, where it came from): `path` (empty: the shipped checkpoint of `kind`) if it exists,
-    else the tiny preset trained with `recipe` (TrainConfig fields over FALLBACK_RECIPE) and a note saying so."""
+                  device: str | torch.device = "cpu", seed: int = 0) -> TutorialModel:
+    """`path` (empty: the shipped checkpoint of `kind`) if it exists, else the tiny preset trained with `recipe`
+    (TrainConfig fields over FALLBACK_RECIPE) and a note saying so."""
     from .train import TrainConfig, Trainer
 
     if kind not in SHIPPED:
         raise ValueError(f"kind must be one of {sorted(SHIPPED)}, got {kind!r}")
     path = Path(path) if path else SHIPPED[kind]
     if path.is_file():
-        return load_model(path, device=device), path.name
+        return TutorialModel(*load_pipeline(path, device=device), path.name)
     cfg = TrainConfig(**{"model": TINY_PRESETS[kind], **FALLBACK_RECIPE, **(recipe or {}), "device": str(device), "seed": seed})
     print(f"NOTE: {path} does not exist: training {cfg.model} for {cfg.max_steps} steps instead. Its samples are noise,\n"
           "      so the numbers below only show the mechanics; pass a trained checkpoint for real ones.")
     trainer = Trainer(cfg)
     for _ in range(cfg.max_steps):
         trainer.step()
-    return trainer.ema.eval(), f"{cfg.model} trained {cfg.max_steps} steps (fallback)"
+    return TutorialModel(trainer.ema.eval(), trainer.diffusion, f"{cfg.model} trained {cfg.max_steps} steps (fallback)")
 
 
 @dataclass(frozen=True)

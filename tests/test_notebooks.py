@@ -20,6 +20,7 @@ import yaml
 
 from conftest import HAVE_FMNIST
 from fpdm_core import tutorial
+from fpdm_core.diffusion import DiffusionConfig
 from fpdm_core.solvers import NonFiniteError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -180,8 +181,11 @@ def test_write_html_is_offline_and_byte_stable(tmp_path):
 
 @pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed")
 def test_load_or_train_falls_back_to_a_tiny_model_and_says_so(tmp_path, capsys):
-    model, source = tutorial.load_or_train("dit", tmp_path / "missing.safetensors", {"max_steps": 2, "subset": 64})
+    process = DiffusionConfig(num_timesteps=500, beta_schedule="cosine", prediction="v")
+    model, diffusion, source = tutorial.load_or_train("dit", tmp_path / "missing.safetensors",
+                                                      {"max_steps": 2, "subset": 64, "diffusion": process})
     assert source == "DiT-tiny trained 2 steps (fallback)" and not model.training
+    assert diffusion.config == process  # sampled with the process it was trained with
     assert "does not exist" in capsys.readouterr().out
     with pytest.raises(ValueError, match="kind"):
         tutorial.load_or_train("unet")
