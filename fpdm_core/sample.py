@@ -19,8 +19,11 @@ import numpy as np
 import torch
 
 from . import cli, options
-from .checkpoints import SHIPPED, CheckpointError
-from .sampling import SamplerConfig
+from .checkpoints import SHIPPED, CheckpointError, load_pipeline
+from .data import to_uint8
+from .devices import pick_device
+from .plots import save_grid
+from .sampling import SamplerConfig, new_record, sample_progressive
 from .solvers import NonFiniteError
 
 OUTPUTS = ("samples.png", "samples.npz", "record.json")
@@ -70,12 +73,6 @@ def run(a: argparse.Namespace, config: SamplerConfig) -> Path:
     Everything that can be refused (out-dir, checkpoint, classes, plan) is checked before sampling.
     """
     from tqdm.auto import tqdm
-
-    from .checkpoints import load_pipeline
-    from .data import to_uint8
-    from .devices import pick_device
-    from .plots import save_grid
-    from .sampling import new_record, sample_progressive
 
     out = cli.check_out_dir(a.out_dir, OUTPUTS, force=a.force)
     path = Path(a.checkpoint)
