@@ -19,7 +19,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fpdm_core import checkpoints, interop, latents, sample, train
+from fpdm_core import checkpoints, interop, latents, sample, sampling, train
 from fpdm_core.budget import CostModel, Split, splits_for_budget, timestep_smoothing
 from fpdm_core.checkpoints import FORMAT, CheckpointError, atomic_save, load_model, save_checkpoint
 from fpdm_core.diffusion import BETA_SCHEDULES, MAX_TIMESTEPS, PREDICTIONS
@@ -272,11 +272,11 @@ def bad_choice(choices):
 CPUS = __import__("os").cpu_count() or 1
 SAMPLE_FLAGS = {
     "--n": bad_ints(1, sample.MAX_IMAGES), "--threads": bad_ints(1, CPUS), "--seed": bad_ints(0, 2**32 - 1),
-    "--budget": bad_ints(1), "--steps": bad_ints(1), "--iterations": bad_ints(1, sample.MAX_ITERATIONS),
-    "--min-iterations": bad_ints(1, sample.MAX_ITERATIONS), "--anderson-m": bad_ints(1, sample.MAX_ITERATIONS),
+    "--budget": bad_ints(1), "--steps": bad_ints(1), "--iterations": bad_ints(1, sampling.MAX_ITERATIONS),
+    "--min-iterations": bad_ints(1, sampling.MAX_ITERATIONS), "--anderson-m": bad_ints(1, sampling.MAX_ITERATIONS),
     "--cfg-channels": bad_ints(1, LIMITS["in_channels"]), "--tol": bad_floats(0.0, lo_open=True),
     "--damping": bad_floats(0.0, 1.0, lo_open=True), "--eta": bad_floats(0.0, 1.0), "--cfg-scale": bad_floats(0.0),
-    "--solver": bad_choice(("picard", "anderson")), "--method": bad_choice(("ddim", "ddpm")),
+    "--solver": bad_choice(("picard", "anderson")), "--step": bad_choice(("ddim", "ddpm")),
     "--spacing": bad_choice(("leading", "trailing", "linspace")), "--weights": bad_choice(("ema", "model")),
     "--allocation": bad_choice(("uniform", "increasing", "decreasing", "adaptive")),
 }
