@@ -7,8 +7,8 @@ One lookup, first match wins:
 4. the copy installed with the package (`pip install .`): the same folder, shipped in the wheel as the
    data-only package `fpdm_core.shipped` (see pyproject.toml).
 
-Programs that write shipped files (training, `metrics train-classifier`, scripts/model_card.py) write
-into the checkout's folder, `CHECKOUT_DIR`.
+Programs that write shipped files (`metrics train-classifier` by default, scripts/model_card.py) write into
+the checkout's folder, `CHECKOUT_DIR`; training writes into its --run-dir, and a run is copied there by hand.
 """
 from __future__ import annotations
 
