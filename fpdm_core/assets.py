@@ -8,7 +8,8 @@ One lookup, first match wins:
    data-only package `fpdm_core.shipped` (see pyproject.toml).
 
 Programs that write shipped files (`metrics train-classifier` by default, scripts/model_card.py) write into
-the checkout's folder, `CHECKOUT_DIR`; training writes into its --run-dir, and a run is copied there by hand.
+the checkout's folder, `CHECKOUT_DIR`; training writes into its --run-dir, whose checkpoint is exported
+there with `python -m fpdm_core.checkpoints RUN/checkpoint.safetensors checkpoints/NAME.safetensors`.
 """
 from __future__ import annotations
 
