@@ -273,7 +273,7 @@ class GaussianDiffusion(torch.nn.Module):
 
     def step(
         self,
-        method: str,
+        kind: str,
         model_out: torch.Tensor,
         t: int,
         t_prev: int,
@@ -283,12 +283,12 @@ class GaussianDiffusion(torch.nn.Module):
         generator: torch.Generator | None = None,
         clip_x0: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Dispatch to ddim_step or ddpm_step by name; `eta` is used by "ddim" only."""
-        if method == "ddim":
+        """Dispatch to ddim_step or ddpm_step by `kind` (one of STEP_METHODS); `eta` is used by "ddim" only."""
+        if kind == "ddim":
             return self.ddim_step(model_out, t, t_prev, x_t, eta=eta, generator=generator, clip_x0=clip_x0)
-        if method == "ddpm":
+        if kind == "ddpm":
             return self.ddpm_step(model_out, t, t_prev, x_t, generator=generator, clip_x0=clip_x0)
-        raise ValueError(f"unknown step method {method!r}; expected one of {STEP_METHODS}")
+        raise ValueError(f"unknown step {kind!r}; expected one of {STEP_METHODS}")
 
     @staticmethod
     def guided_output(model_out: torch.Tensor, scale: float, channels: int | None = None) -> torch.Tensor:
