@@ -150,22 +150,19 @@ SLIDER_POSITIONS = 1000  # a range with more steps than this gets a number box i
 APP_CAPS = {"budget": (MAX_WORK, WORK_NOTE)}  # a limit the page adds where the declaration has none, and why
 
 
-def _when_text(opt: Option) -> str:
-    field_name, value = opt.when
-    if field_name == "budget":  # the budget mode decides it
-        return ""
-    return f" [only with {FIELD_LABELS[field_name]} {value}]"
-
-
-def _mode_text(name: str) -> str:
-    modes = [m for m, used in MODE_FIELDS.items() if name in used]
-    return f" [used in: {', '.join(modes)}]" if modes else ""
+def _usage_text(opt: Option) -> str:
+    """When the page reads an option: in which budget modes, or with which value of another control."""
+    if opt.name in MODE_CONTROLLED:
+        return f" [used in: {', '.join(m for m, used in MODE_FIELDS.items() if opt.name in used)}]"
+    if opt.when is not None:
+        return f" [only with {FIELD_LABELS[opt.when[0]]} {opt.when[1]}]"
+    return ""
 
 
 def control_for(opt: Option, choices: tuple = ()) -> Control:
     """The widget for one option (`choices` for a field whose choices come from the model)."""
     label = (opt.label or opt.name)[:1].upper() + (opt.label or opt.name)[1:]
-    info = opt.help + (_when_text(opt) if opt.when else "") + _mode_text(opt.name)
+    info = opt.help + _usage_text(opt)
     value = APP_DEFAULTS.get(opt.name, opt.default)
     kw = dict(name=opt.name, label=label, place=opt.app)
     if opt.type is bool:
