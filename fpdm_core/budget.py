@@ -146,8 +146,9 @@ class Plan:
 
 def make_plan(cost: CostModel, *, steps: int | None = None, iterations: int | None = None,
               budget: int | None = None, allocation: str = "uniform",
-              min_iterations: int = SMOOTHING_MIN_ITERATIONS) -> Plan:
-    """Plan from (steps, iterations), (budget, steps) or a budget alone (timestep smoothing).
+              min_iterations: int = SMOOTHING_MIN_ITERATIONS, num_timesteps: int = NUM_TIMESTEPS) -> Plan:
+    """Plan from (steps, iterations), (budget, steps) or a budget alone (timestep smoothing, at most
+    `num_timesteps` steps: the diffusion's).
 
     With (steps, iterations) the budget is what that uniform split costs, and a non-uniform
     allocation redistributes the same total.
@@ -164,7 +165,7 @@ def make_plan(cost: CostModel, *, steps: int | None = None, iterations: int | No
         budget = steps * cost.step_block_evals(iterations or 0)
         rule = f"{steps} steps x {iterations} iterations" if fpdm else f"{steps} steps"
     elif steps is None:
-        split = timestep_smoothing(cost, budget, min_iterations)
+        split = timestep_smoothing(cost, budget, min_iterations, num_timesteps)
         steps = split.steps
         rule = (f"timestep smoothing: most steps with >= {min_iterations} iterations each "
                 f"within {budget} block evaluations" if fpdm else f"{budget} // depth {cost.explicit_blocks}")

@@ -143,10 +143,12 @@ class SamplerStep(NamedTuple):
     record: StepRecord
 
 
-def plan_for(model: DiT | FPDM, config: SamplerConfig) -> Plan:
-    """The plan `config` asks of `model`; ValueError for a budget that gives a step more than MAX_ITERATIONS."""
+def plan_for(model: DiT | FPDM, config: SamplerConfig, num_timesteps: int = NUM_TIMESTEPS) -> Plan:
+    """The plan `config` asks of `model` (at most `num_timesteps` steps, the diffusion's); ValueError for a budget
+    that gives a step more than MAX_ITERATIONS."""
     plan = make_plan(CostModel.of(model.config), steps=config.steps, iterations=config.iterations,
-                     budget=config.budget, allocation=config.allocation, min_iterations=config.min_iterations)
+                     budget=config.budget, allocation=config.allocation, min_iterations=config.min_iterations,
+                     num_timesteps=num_timesteps)
     most = max(plan.iterations, default=0)
     if most > MAX_ITERATIONS:
         fits = plan.budget - sum(plan.iterations) + plan.steps * MAX_ITERATIONS  # the explicit blocks, then the cap
@@ -226,7 +228,7 @@ def sample_progressive(model: DiT | FPDM, diffusion: GaussianDiffusion, labels, 
 
 def new_record(model: DiT | FPDM, diffusion: GaussianDiffusion, config: SamplerConfig) -> SampleRecord:
     """An empty record holding the plan and timesteps that sampling with `config` will follow."""
-    plan = plan_for(model, config)
+    plan = plan_for(model, config, diffusion.num_timesteps)
     timesteps = spaced_timesteps(plan.steps, diffusion.num_timesteps, config.spacing)
     return SampleRecord(model.config.kind, plan.to_dict(), config.to_dict(), timesteps)
 

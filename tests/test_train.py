@@ -479,6 +479,16 @@ def test_a_cosine_v_model_trained_from_the_cli_samples_with_its_own_process_afte
     assert "cannot resume: diffusion" in capsys.readouterr().err  # resumed only with the same process
 
 
+def test_a_budget_alone_plans_no_more_steps_than_the_model_has_timesteps():
+    """Timestep smoothing spends a large budget on many steps: never more than the process trained with."""
+    model, diffusion = perturbed(), GaussianDiffusion.from_config(DiffusionConfig(num_timesteps=30, beta_schedule="cosine"))
+    images, record = sample(model, diffusion, torch.arange(2), SamplerConfig(budget=400),
+                            generator=torch.Generator().manual_seed(0))
+    assert len(record.timesteps) == record.plan["steps"] == 30 and record.timesteps[0] == 29
+    assert torch.isfinite(images).all()
+    assert len(sample(model, GaussianDiffusion(), torch.arange(2), SamplerConfig(budget=400))[1].timesteps) > 30
+
+
 def test_main_refuses_a_schedule_that_cannot_have_so_few_timesteps(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--run-dir", str(tmp_path / "r"), "--max-steps", "1", "--num-timesteps", "20"])
