@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .latent_shards import load_latents
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_ENV = "FPDM_FASHION_MNIST_DIR"
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -122,8 +124,6 @@ def load_dataset(name: str, *, split: str = "train", data_dir: str | Path | None
     if name == "latents":  # VAE latents written by `python -m fpdm_core.latents encode`
         if data_dir is None:
             raise ValueError("dataset 'latents' needs --data-dir pointing at the folder `fpdm_core.latents encode` wrote")
-        from .latents import load_latents
-
         return load_latents(data_dir)
     raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
 

@@ -27,22 +27,15 @@ import torch
 from . import cli
 from .checkpoints import load_checkpoint, load_pipeline
 from .data import IMAGE_SUFFIXES
+from .latent_shards import FORMAT, INDEX_NAME, SHARD_PATTERN, STORE_DTYPES, LatentsError
 from .devices import pick_device
 from .plots import save_grid
 from .sampling import SamplerConfig, sample
 
 HEADLINE = SamplerConfig()  # the kit's default sampler: steps, iterations and guidance of `sample`
 
-FORMAT = "fpdm-latents/1"
 LATENT_SCALE = 0.18215  # Stable Diffusion's VAE (sd-vae-ft-ema / -mse), used by DiT and FPDM
-SHARD_PATTERN = "latents-{:05d}.safetensors"
-INDEX_NAME = "latents.json"
 POSTERIORS = ("mean", "sample")
-STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-class LatentsError(ValueError):
-    """A missing or unreadable latent folder, or a VAE that cannot be loaded locally."""
 
 
 # ----------------------------------------------------------------------------- VAE
@@ -202,40 +195,6 @@ def encode_folder(vae, images: str | Path, out: str | Path, *, size: int = 256, 
     bar.close()
     (out / INDEX_NAME).write_text(json.dumps(index, indent=2))
     return index
-
-
-def read_latents_info(folder: str | Path) -> dict:
-    """The folder's latents.json (format, scale, vae, size, classes, shards)."""
-    path = Path(folder) / INDEX_NAME
-    if not path.is_file():
-        raise LatentsError(f"{folder} has no {INDEX_NAME}: encode images first with "
-                           f"`python -m fpdm_core.latents encode`")
-    info = json.loads(path.read_text())
-    if info.get("format") != FORMAT:
-        raise LatentsError(f"{path} has format {info.get('format')!r}, expected {FORMAT!r}")
-    return info
-
-
-def load_latents(folder: str | Path, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """All shards of `folder`, in order: latents (N, 4, h, w) (stored dtype unless `dtype`) and labels (N,)."""
-    from safetensors import safe_open
-
-    info = read_latents_info(folder)
-    xs, ys = [], []
-    for shard in info["shards"]:
-        path = Path(folder) / shard["file"]
-        if not path.is_file():
-            raise LatentsError(f"{path} is missing (listed in {INDEX_NAME})")
-        with safe_open(path, "pt") as f:
-            meta = json.loads((f.metadata() or {}).get("fpdm_latents", "{}"))
-            if meta.get("format") != FORMAT:
-                raise LatentsError(f"{path} is not a latent shard of this kit")
-            x, y = f.get_tensor("latents"), f.get_tensor("labels")
-        if len(x) != len(y) or len(x) != shard["count"]:
-            raise LatentsError(f"{path}: {len(x)} latents, {len(y)} labels, index says {shard['count']}")
-        xs.append(x if dtype is None else x.to(dtype))
-        ys.append(y)
-    return torch.cat(xs), torch.cat(ys)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -32,7 +32,7 @@ from .checkpoints import (CheckpointError, check_resumable, load_checkpoint, rem
 from .data import DATASETS, load_dataset
 from .devices import PRECISIONS, autocast, pick_device, resolve_precision
 from .diffusion import BETA_SCHEDULES, MAX_TIMESTEPS, PREDICTIONS, DiffusionConfig, GaussianDiffusion
-from .latents import read_latents_info
+from .latent_shards import read_latents_info
 from .models import FPDM, PRESETS, build_model, solve_outside_autocast
 from .plots import residual_curves, save_grid
 from .sampling import SamplerConfig, sample

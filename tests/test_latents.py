@@ -8,9 +8,9 @@ import torch
 pytest.importorskip("diffusers", reason="diffusers (the [latents] extra) not installed: `bash scripts/setup.sh --dev`")
 
 from fpdm_core.data import load_dataset, load_image_folder  # noqa: E402
-from fpdm_core.latents import (LATENT_SCALE, LatentsError, checkpoint_latents_info, decode_latents,  # noqa: E402
-                               encode_folder, encode_images, list_image_folder, load_image, load_latents, load_vae,
-                               main, read_latents_info)
+from fpdm_core.latent_shards import LatentsError, load_latents, read_latents_info  # noqa: E402
+from fpdm_core.latents import (LATENT_SCALE, checkpoint_latents_info, decode_latents, encode_folder,  # noqa: E402
+                               encode_images, list_image_folder, load_image, load_vae, main)
 
 
 @pytest.fixture(scope="module")
