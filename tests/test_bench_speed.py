@@ -1,9 +1,12 @@
 """Speed rows of `bench speed`: fp32 vs bf16 sampling side by side, torch.compile of the sampling blocks."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
+from fpdm_core.app_settings import Settings
 from fpdm_core.bench import harness, speed
 from fpdm_core.models import build_model
 
@@ -70,3 +73,41 @@ def test_a_failing_backend_is_reported_not_raised(tiny, monkeypatch):
     assert rows == [{"kind": "dit", "backend": "aot_eager", "compiled": "every transformer block",
                      "budget_dit_steps": 2, "batch": ctx.scale.sample_batch, "precision": "fp32",
                      "error": "RuntimeError: no C++ compiler"}]
+
+
+def test_sampling_rows_repeat_at_most_three_times(tiny):
+    ctx, _ = tiny
+    assert speed.sampling_repeats(ctx) == 1
+    assert speed.sampling_repeats(replace(ctx, scale=harness.SCALES["full"])) == speed.MAX_SAMPLING_REPEATS == 3
+
+
+def test_app_rows_time_the_default_request_and_the_memory_of_a_large_one(tiny, tiny_checkpoints):
+    ctx, _ = tiny
+    ctx = replace(ctx, fpdm_path=tiny_checkpoints["fpdm"], dit_path=tiny_checkpoints["dit"])
+    a = speed.measure_app(ctx)
+    default = Settings()
+    assert a["settings"] == default.to_dict() and a["large_images"] == 2 * default.num_images
+    assert len(a["warm"]) == 3 and a["cold"]["load_s"] > max(r["load_s"] for r in a["warm"])  # cached after the first
+    for r in (a["cold"], *a["warm"], a["large"]):
+        assert 0 < r["first_image_s"] < r["complete_s"] and r["fpdm_steps"] == default.config.steps
+        assert r["dit_steps"] > 0 and r["rss_after_release"] > 0
+        assert [s for s, _ in r["updates"]][-1] == "done"
+    assert a["large"]["work"] == 2 * a["warm"][0]["work"]
+    stages = a["stages_s"]
+    assert set(stages) == {"load", "fpdm", "dit", "finish"}
+    assert sum(stages[k]["values"][0] for k in stages) == pytest.approx(a["warm"][0]["complete_s"])
+    text = "\n".join(speed.app_table(a))
+    assert f"{default.num_images} images" in text and "after `release_memory`" in text
+
+
+def test_the_before_after_table_reads_the_script_output():
+    stat = harness.spread([1.0, 1.2, 1.1])
+    row = {"steps_per_s": stat, "fraction_of_fp32_peak": 0.25}
+    ba = {"command": "python scripts/train_speed.py --before abc", "before": "abc", "repeats": 3, "steps": 3,
+          "precision": "fp32", "fp32_peak_gflops": 200.0,
+          "machine": {"git_commit": "def", "torch_threads": 2, "load_average": [1.0]},
+          "rows": [{"preset": "FPDM-FM-M", "batch": 128, "before": row, "after": {**row, "fraction_of_fp32_peak": 0.3},
+                    "speedup": stat}]}
+    lines = speed.before_after_table(ba)
+    assert "`abc` vs `def`" in lines[1] and lines[-1].startswith("| FPDM-FM-M | 128 |") and "25% / 30%" in lines[-1]
+    assert speed.before_after_table(None) == []

@@ -7,19 +7,26 @@ in `run` (and a table in `section`).
 from __future__ import annotations
 
 import copy
+import json
+import os
 import statistics
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..app_checkpoints import load_slot
+from ..app_figures import iterations_figure, residual_figure
+from ..app_runs import explore, release_memory
+from ..app_settings import MAX_IMAGES, Settings
 from ..budget import CostModel
 from ..devices import resolve_precision
 from ..models import build_model
-from .harness import (PAPER, Context, bench_diffusion, finding, load_checkpoint_model, log, pyplot, save_figure, spread, sync, timed,
-                      write_result)
+from .harness import (PAPER, Context, bench_diffusion, finding, load_checkpoint_model, log, mib, pyplot, result_path,
+                      save_figure, spread, sync, timed, write_result)
 
 NAME = "speed"
 TITLE = "Speed"
@@ -94,6 +101,13 @@ def measure_training(ctx: Context, preset: str, peaks: dict) -> dict:
 
 
 SAMPLING_PRECISIONS = ("fp32", "bf16")
+BEFORE_AFTER = "train_before_after"  # <out>/bench/<this>.json from scripts/train_speed.py, carried into speed.json
+MAX_SAMPLING_REPEATS = 3  # each repeat samples every budget in both precisions: the bulk of the full run
+
+
+def sampling_repeats(ctx: Context) -> int:
+    """Repeats of the sampling and compile rows (at most MAX_SAMPLING_REPEATS; the mode's for training)."""
+    return min(ctx.repeats, MAX_SAMPLING_REPEATS)
 
 
 def measure_sampling(ctx: Context, models: dict, dit_depth: int, peaks: dict) -> tuple[list[dict], list[dict]]:
@@ -118,7 +132,7 @@ def measure_sampling(ctx: Context, models: dict, dit_depth: int, peaks: dict) ->
             budget = k * dit_depth
             log(f"speed: sampling {kind} at {k} DiT steps ({budget} block evaluations), fp32 and bf16")
             secs, out = {p: [] for p in SAMPLING_PRECISIONS}, {}
-            for r in range(ctx.repeats):
+            for r in range(sampling_repeats(ctx)):
                 for p in SAMPLING_PRECISIONS[:: 1 if r % 2 == 0 else -1]:
                     start = time.perf_counter()
                     out[p] = sample(model, diffusion, labels, SamplerConfig(budget=budget, steps=k, precision=p),
@@ -196,7 +210,7 @@ def measure_compile(ctx: Context, models: dict, dit_depth: int) -> list[dict]:
             continue
         first_s = time.perf_counter() - start
         secs = {"eager": [], "compiled": []}
-        for r in range(ctx.repeats):
+        for r in range(sampling_repeats(ctx)):
             for name in ("eager", "compiled")[:: 1 if r % 2 == 0 else -1]:
                 start = time.perf_counter()
                 run(model if name == "eager" else compiled)
@@ -207,6 +221,78 @@ def measure_compile(ctx: Context, models: dict, dit_depth: int) -> list[dict]:
                      "speedup": spread([a / b for a, b in zip(secs["eager"], secs["compiled"])]),
                      "image_max_abs_diff": float((eager_images - compiled_images).abs().max())})
     return rows
+
+
+def rss_bytes() -> int | None:
+    """Resident memory of this process (Linux /proc), None elsewhere."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def app_request(ctx: Context, settings, fpdm_path: Path, dit_path: Path) -> dict:
+    """One request as the app's `generate` handler makes it: load both slots (cached after the first call),
+    sample FPDM then DiT through `app_runs.explore`, draw the result figures, give memory back.
+
+    Returns seconds to the first live image, to each update and to completion, the work, and the RSS
+    after the last update (before `release_memory`) and after it.
+    """
+    device = str(ctx.device)
+    start = time.perf_counter()
+    fpdm = load_slot("fpdm", fpdm_path.parent, fpdm_path.name, None, device)
+    dit = load_slot("dit", dit_path.parent, dit_path.name, None, device).model
+    loaded = time.perf_counter() - start
+    first, updates, last = None, [], None
+    for u in explore(fpdm.model, dit, settings, device=device, diffusion_config=fpdm.diffusion):
+        now = time.perf_counter() - start
+        updates.append([u.stage, now])
+        if first is None and u.fpdm_grid is not None:
+            first = now
+        last = u
+    residual_figure(last.fpdm_record)
+    iterations_figure(last.fpdm_record)
+    done = time.perf_counter() - start
+    work = settings.num_images * (last.fpdm_record.spent_block_evals
+                                  + (last.dit_record.spent_block_evals if last.dit_record else 0))
+    rss_after = rss_bytes()
+    release_memory(work)
+    return {"load_s": loaded, "first_image_s": first, "complete_s": done, "updates": updates, "work": work,
+            "fpdm_steps": len(last.fpdm_record.steps), "dit_steps": len(last.dit_record.steps) if last.dit_record else 0,
+            "rss_after_request": rss_after, "rss_after_release": rss_bytes()}
+
+
+APP_TARGETS = {"first_image_s": 0.3, "complete_s": 1.0}  # issue 14: the default request on an idle 2-core machine
+
+
+def measure_app(ctx: Context) -> dict:
+    """The app's default request (`app_settings.Settings()`) through the back end: seconds to the first live image
+    and to completion (the first, cold request apart: it loads the checkpoints), a breakdown per stage, and the
+    process RSS before and after a request of `MAX_IMAGES` images and after `release_memory`."""
+    paths = {kind: load_checkpoint_model(ctx, kind)[1] for kind in ("fpdm", "dit")}
+    default = Settings()
+    large = replace(default, num_images=MAX_IMAGES if ctx.scale.name != "tiny" else 2 * default.num_images)
+    log(f"speed: the app's default request ({default.num_images} images), then one of {large.num_images}")
+    cold = app_request(ctx, default, paths["fpdm"], paths["dit"])
+    warm = [app_request(ctx, default, paths["fpdm"], paths["dit"]) for _ in range(max(ctx.repeats, 3))]
+    rss_before = rss_bytes()
+    big = app_request(ctx, large, paths["fpdm"], paths["dit"])
+    stages = {}
+    for r in warm:  # seconds spent per stage: loading (cache), FPDM steps, DiT steps, figures and release
+        marks = [("load", r["load_s"])] + [(stage, t) for stage, t in r["updates"]]
+        ends = {stage: t for stage, t in marks}
+        fpdm_end, dit_end = ends["fpdm"], ends.get("dit", ends["fpdm"])
+        for name, value in (("load", r["load_s"]), ("fpdm", fpdm_end - r["load_s"]), ("dit", dit_end - fpdm_end),
+                            ("finish", r["complete_s"] - dit_end)):
+            stages.setdefault(name, []).append(value)
+    return {"settings": default.to_dict(), "large_images": large.num_images, "precision":
+            resolve_precision(default.config.precision, ctx.device), "cold": cold, "warm": warm,
+            "first_image_s": spread([r["first_image_s"] for r in warm]),
+            "complete_s": spread([r["complete_s"] for r in warm]),
+            "stages_s": {k: spread(v) for k, v in stages.items()},
+            "per_step_s": {"fpdm": statistics.median(stages["fpdm"]) / warm[0]["fpdm_steps"],
+                           "dit": statistics.median(stages["dit"]) / max(warm[0]["dit_steps"], 1)},
+            "rss_before_large": rss_before, "large": big, "targets": APP_TARGETS}
 
 
 def run(ctx: Context) -> Path:
@@ -226,6 +312,10 @@ def run(ctx: Context) -> Path:
     trained = {kind: load_checkpoint_model(ctx, kind)[0] for kind in ("fpdm", "dit")}
     results["sample"], results["precision"] = measure_sampling(ctx, trained, trained["dit"].config.depth, peaks)
     results["compile"] = measure_compile(ctx, trained, trained["dit"].config.depth)
+    results["app"] = measure_app(ctx)
+    before_after = result_path(ctx.out, BEFORE_AFTER)
+    if before_after.is_file():  # measured by scripts/train_speed.py (old and new code side by side)
+        results[BEFORE_AFTER] = json.loads(before_after.read_text())
     plot(ctx, results)
     return write_result(ctx, NAME, {"fpdm": sc.fpdm, "dit": sc.dit, "device": str(dev),
                                     "threads": torch.get_num_threads(), "train_precision": ctx.precision,
@@ -294,6 +384,18 @@ def verdicts(data: dict) -> list[dict]:
                        f"{dt['steps_per_s']['median']:.2f} (batch {f['batch']}, {f['precision']}; "
                        f"{100 * f['fraction_of_peak']:.0f}% and {100 * dt['fraction_of_peak']:.0f}% of the "
                        f"{f['precision']} matmul peak of {r['matmul'][f['precision']]['peak_gflops']:.0f} GFLOP/s)."))
+    a = r.get("app")
+    if a:
+        met = all(a[k]["median"] < v for k, v in a["targets"].items())
+        out.append(finding("measured", "app latency (default request)",
+                           f"The app's default request shows its first image after {a['first_image_s']['median']:.2g} s "
+                           f"and completes after {a['complete_s']['median']:.2g} s (targets "
+                           f"{a['targets']['first_image_s']} and {a['targets']['complete_s']} s: "
+                           f"{'met' if met else 'missed'}; load average "
+                           f"{', '.join(map(str, data['machine']['load_average'] or []))} on "
+                           f"{data['machine']['cores']} cores); a {a['large_images']}-image request leaves the process "
+                           f"at {mib(a['large']['rss_after_release'])} after `release_memory` "
+                           f"({mib(a['rss_before_large'])} before it)."))
     comparisons = r.get("precision", [])
     if comparisons:
         speedups = [c["bf16_speedup"]["median"] for c in comparisons]
@@ -316,6 +418,46 @@ def _stat(s, scale=1.0, fmt=".3g"):
     """'median (min-max, spread x%)' of a `spread` dict."""
     return (f"{s['median'] * scale:{fmt}} ({s['min'] * scale:{fmt}}-{s['max'] * scale:{fmt}}, "
             f"spread {s['spread_pct']:.0f}%)")
+
+
+def app_table(a: dict | None) -> list[str]:
+    """Markdown lines of the app's default request: latency, where the time goes, memory of a large request."""
+    if not a:
+        return []
+    st, big = a["settings"], a["large"]
+    lines = ["", f"The app's default request through the back end ({st['num_images']} images, "
+             f"{st['sampler']['steps']} steps x {st['sampler']['iterations']} iterations, then DiT at the same budget, "
+             f"precision {a['precision']}; {len(a['warm'])} requests after a cold first one):", "",
+             "| request | first live image (s) | complete (s) | target first / complete (s) |", "|---|---:|---:|---:|",
+             f"| cold (loads the checkpoints) | {a['cold']['first_image_s']:.3g} | {a['cold']['complete_s']:.3g} | |",
+             f"| default | {_stat(a['first_image_s'])} | {_stat(a['complete_s'])} | "
+             f"{a['targets']['first_image_s']} / {a['targets']['complete_s']} |", "",
+             "Where the time of a default request goes (medians, s): "
+             + "; ".join(f"{k} {v['median']:.3g}" for k, v in a["stages_s"].items())
+             + f"; one FPDM step {a['per_step_s']['fpdm']:.3g} s, one DiT step {a['per_step_s']['dit']:.3g} s.", "",
+             f"Memory (process RSS): {mib(a['rss_before_large'])} before a {a['large_images']}-image request "
+             f"({big['complete_s']:.3g} s), {mib(big['rss_after_request'])} after it, "
+             f"{mib(big['rss_after_release'])} after `release_memory`."]
+    return lines
+
+
+def before_after_table(ba: dict | None) -> list[str]:
+    """Markdown lines of scripts/train_speed.py's result: training steps/s of the old and new code, side by side."""
+    if not ba:
+        return []
+    lines = ["", f"Training before/after (`{ba['command']}`, code at `{ba['before']}` vs `{ba['machine']['git_commit']}`, "
+             f"alternating fresh processes, {ba['repeats']} repeats of {ba['steps']} steps, {ba['precision']}, "
+             f"{ba['machine']['torch_threads']} threads, load average "
+             f"{', '.join(map(str, ba['machine']['load_average'] or []))}; fp32 matmul peak "
+             f"{ba['fp32_peak_gflops']:.0f} GFLOP/s measured in the same run):", "",
+             "| model | batch | before steps/s | after steps/s | speed-up (after/before, per repeat) | "
+             "of fp32 peak before / after |", "|---|---:|---:|---:|---:|---:|"]
+    for row in ba["rows"]:
+        b, a = row["before"], row["after"]
+        lines.append(f"| {row['preset']} | {row['batch']} | {_stat(b['steps_per_s'])} | {_stat(a['steps_per_s'])} | "
+                     f"{_stat(row['speedup'])} | {100 * b['fraction_of_fp32_peak']:.0f}% / "
+                     f"{100 * a['fraction_of_fp32_peak']:.0f}% |")
+    return lines
 
 
 def section(data: dict) -> str:
@@ -345,6 +487,7 @@ def section(data: dict) -> str:
         res = "-" if c["residual_max_abs_diff"] is None else f"{c['residual_max_abs_diff']:.2g}"
         lines.append(f"| {c['kind']} | {c['budget_dit_steps']} | {_stat(c['bf16_speedup'])} | {res} | "
                      f"{c['image_mean_abs_diff']:.2g} / {c['image_max_abs_diff']:.2g} |")
+    lines += before_after_table(r.get(BEFORE_AFTER)) + app_table(r.get("app"))
     compiled = r.get("compile", [])
     if compiled:
         lines += ["", "| torch.compile (sampling, fp32) | backend | compile s | eager images/s | compiled images/s | "
