@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .data import load_fashion_mnist
-from .metrics import FashionClassifier, _logits_and_features
+from .classifier import FashionClassifier, _logits_and_features
 from .stats import ALPHA, shifted_interval
 
 PCA_DIM = 64

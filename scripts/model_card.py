@@ -21,7 +21,7 @@ import torch
 from fpdm_core.bench import headline
 from fpdm_core.assets import CHECKOUT_DIR
 from fpdm_core.checkpoints import load_checkpoint, load_pipeline
-from fpdm_core.metrics import classifier_meta
+from fpdm_core.classifier import classifier_meta
 from fpdm_core.models import count_parameters
 from fpdm_core.plots import save_grid
 from fpdm_core.sampling import SamplerConfig, balanced_labels, sample_many

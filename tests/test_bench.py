@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fpdm_core import bench
+from fpdm_core import bench, classifier
 from fpdm_core.bench import ablations, convergence, depth, harness, memory, params, quality, report
 
 
@@ -28,12 +28,11 @@ def check_common(d: dict, name: str, out) -> None:
 @pytest.fixture(scope="module")
 def tiny_classifier(tmp_path_factory):
     """An untrained judge: FCD and accuracy are meaningless but every code path runs."""
-    metrics = pytest.importorskip("fpdm_core.metrics")
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = metrics.FashionClassifier()
+        model = classifier.FashionClassifier()
     path = tmp_path_factory.mktemp("judge") / "classifier.safetensors"
-    metrics.save_classifier(model, path, {"epochs": 0})
+    classifier.save_classifier(model, path, {"epochs": 0})
     return path
 
 

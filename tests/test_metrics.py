@@ -11,8 +11,9 @@ import torch
 from conftest import needs_fmnist
 from fpdm_core import metrics
 from fpdm_core.checkpoints import CheckpointError
-from fpdm_core.metrics import (CLASSIFIER_PATH, FashionClassifier, class_accuracy, classifier_meta, evaluate,
-                               feature_stats, frechet_distance, load_classifier, real_stats, save_classifier)
+from fpdm_core.classifier import (CLASSIFIER_PATH, FashionClassifier, class_accuracy, classifier_meta, load_classifier,
+                                  save_classifier)
+from fpdm_core.metrics import evaluate, feature_stats, frechet_distance, real_stats
 
 
 @pytest.fixture(scope="module")

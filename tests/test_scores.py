@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from fpdm_core.data import load_fashion_mnist
-from fpdm_core.metrics import feature_stats, frechet_distance, load_classifier
+from fpdm_core.classifier import load_classifier
+from fpdm_core.metrics import feature_stats, frechet_distance
 from fpdm_core.scores import METRICS, build_reference, paired_differences, score, summarize
 
 try:

@@ -11,7 +11,8 @@ import torch
 from fpdm_core import assets
 from fpdm_core.checkpoints import SHIPPED, load_checkpoint, load_model
 from fpdm_core.diffusion import GaussianDiffusion
-from fpdm_core.metrics import evaluate, load_classifier
+from fpdm_core.classifier import load_classifier
+from fpdm_core.metrics import evaluate
 from fpdm_core.models import DiT, FPDM
 from fpdm_core.sampling import SamplerConfig, sample
 

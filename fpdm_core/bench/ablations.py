@@ -65,7 +65,7 @@ def run_specs(ctx: Context, classifier_path: Path | None) -> list[dict]:
 
 def train_and_score(spec: dict) -> dict:
     """Train one variant with one seed, then sample and judge it (runs in a worker process with --jobs)."""
-    from .. import metrics
+    from .. import classifier, metrics
     from ..sampling import SamplerConfig
     from ..train import TrainConfig, Trainer
     from .scoring import sample_and_score, summary
@@ -94,7 +94,7 @@ def train_and_score(spec: dict) -> dict:
            "loss_curve": _downsample(losses), "worst_case_draw": [n_ng, n_g],
            "worst_case_memory_bytes": mem["total_bytes"],
            "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}
-    classifier = metrics.load_classifier(spec["classifier"] or metrics.CLASSIFIER_PATH, device=device)
+    classifier = classifier.load_classifier(spec["classifier"] or classifier.CLASSIFIER_PATH, device=device)
     sampler = SamplerConfig(budget=SAMPLE_STEPS * BLOCKS_PER_STEP, steps=SAMPLE_STEPS)
     scored = sample_and_score(trainer.ema, trainer.diffusion, sampler, classifier, n=spec["n"],
                               seed=spec["eval_seed"], device=device)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import assets, metrics
+from .. import assets, classifier
 from ..checkpoints import load_model, read_header, stored_diffusion
 from ..diffusion import DiffusionConfig, GaussianDiffusion
 
@@ -284,7 +284,7 @@ def bench_diffusion(ctx: Context) -> GaussianDiffusion:
 
 def load_judge(ctx: Context):
     """The Fashion-MNIST classifier behind accuracy and FCD (`--classifier`, else the shipped one)."""
-    return metrics.load_classifier(ctx.classifier_path or assets.shipped("classifier"), device=ctx.device)
+    return classifier.load_classifier(ctx.classifier_path or assets.shipped("classifier"), device=ctx.device)
 
 
 # ----------------------------------------------------------------------------- formatting

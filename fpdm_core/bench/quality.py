@@ -39,17 +39,17 @@ def quality_variants(k: int) -> list[tuple[str, str, dict]]:
 HEADLINE = "FPDM + smoothing + reuse"
 
 
-def quality_reference(classifier, n: int, seed: int, real_n: int = 10000) -> dict:
+def quality_reference(judge, n: int, seed: int, real_n: int = 10000) -> dict:
     """What real images score at the same n: the accuracy ceiling and the FCD floor (train vs test stats)."""
-    from .. import metrics
+    from .. import classifier, metrics
     from ..data import load_fashion_mnist
 
     x_test, y_test = load_fashion_mnist("test")
     x_train, _ = load_fashion_mnist("train")
     idx = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))[:n]
-    mu, s = metrics.feature_stats(classifier, x_train[idx])
-    mu_r, s_r = metrics.real_stats(classifier, n=real_n)
-    return {"n": n, "accuracy": metrics.class_accuracy(classifier, x_test[:n], y_test[:n]),
+    mu, s = metrics.feature_stats(judge, x_train[idx])
+    mu_r, s_r = metrics.real_stats(judge, n=real_n)
+    return {"n": n, "accuracy": classifier.class_accuracy(judge, x_test[:n], y_test[:n]),
             "fcd": metrics.frechet_distance(mu, s, mu_r, s_r)}
 
 
@@ -61,13 +61,13 @@ COMPARISONS = (  # (claim, variant claimed better, baseline variant)
 
 
 def run(ctx: Context) -> Path:
-    from .. import metrics
+    from .. import classifier, metrics
     from ..sampling import SamplerConfig, plan_for
 
     started, sc = time.perf_counter(), ctx.scale
     models = {kind: load_checkpoint_model(ctx, kind) for kind in ("fpdm", "dit")}
-    classifier = load_judge(ctx)
-    real = metrics.real_stats(classifier, n=sc.real_n)
+    judge = load_judge(ctx)
+    real = metrics.real_stats(judge, n=sc.real_n)
     diffusion = bench_diffusion(ctx)
     depth = models["dit"][0].config.depth
     rows, comparisons = [], []
@@ -83,7 +83,7 @@ def run(ctx: Context) -> Path:
                 row["skipped"] = str(e)
                 continue
             log(f"quality: {name} at {k} DiT steps ({budget} block evaluations), n={sc.n_images}")
-            scored[name] = sample_and_score(models[kind][0], diffusion, cfg, classifier, n=sc.n_images,
+            scored[name] = sample_and_score(models[kind][0], diffusion, cfg, judge, n=sc.n_images,
                                             seed=ctx.seed, device=ctx.device)
             row.update(summary(scored[name], real), steps=plan.steps, iterations=plan.iterations,
                        sampler=cfg.to_dict())
@@ -91,12 +91,12 @@ def run(ctx: Context) -> Path:
             if better in scored and base in scored:
                 comparisons.append({"claim": claim, "better": better, "baseline": base, "budget_dit_steps": k,
                                     "budget": budget, **paired_accuracy(scored[better], scored[base])})
-    reference = quality_reference(classifier, sc.n_images, ctx.seed, sc.real_n)
+    reference = quality_reference(judge, sc.n_images, ctx.seed, sc.real_n)
     plot(ctx, rows, reference)
     settings = {"fpdm": str(models["fpdm"][1]), "dit": str(models["dit"][1]), "n_images": sc.n_images,
                 "budgets_dit_steps": list(sc.budgets), "dit_depth": depth,
                 "sampler": f"SamplerConfig defaults (EMA weights): {SamplerConfig().to_dict()}",
-                "classifier": str(ctx.classifier_path or metrics.CLASSIFIER_PATH), "headline_variant": HEADLINE,
+                "classifier": str(ctx.classifier_path or classifier.CLASSIFIER_PATH), "headline_variant": HEADLINE,
                 "intervals": "95% percentile bootstrap (stats.py); comparisons paired by label and seed",
                 "min_n": MIN_N, "min_accuracy": MIN_ACCURACY, "chance": CHANCE}
     return write_result(ctx, NAME, settings, {"rows": rows, "comparisons": comparisons, "reference": reference},
