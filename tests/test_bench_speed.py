@@ -96,6 +96,7 @@ def test_app_rows_time_the_default_request_and_the_memory_of_a_large_one(tiny, t
     stages = a["stages_s"]
     assert set(stages) == {"load", "fpdm", "dit", "finish"}
     assert sum(stages[k]["values"][0] for k in stages) == pytest.approx(a["warm"][0]["complete_s"])
+    assert a["steps_within_target"] is None or 1 <= a["steps_within_target"] <= default.config.steps
     text = "\n".join(speed.app_table(a))
     assert f"{default.num_images} images" in text and "after `release_memory`" in text
 
@@ -111,3 +112,11 @@ def test_the_before_after_table_reads_the_script_output():
     lines = speed.before_after_table(ba)
     assert "`abc` vs `def`" in lines[1] and lines[-1].startswith("| FPDM-FM-M | 128 |") and "25% / 30%" in lines[-1]
     assert speed.before_after_table(None) == []
+
+
+def test_steps_within_a_time_follow_the_measured_rates():
+    stage = {"values": [0.05]}
+    a = {"warm": [{"fpdm_steps": 10, "fpdm_block_evals": 50, "dit_depth": 8}], "per_step_s": {"fpdm": 0.1, "dit": 0.1},
+         "stages_s": {"load": stage, "finish": stage}}
+    assert speed.steps_within(a, 1.0) == 5  # 0.1 outside + 5 x 0.1 FPDM + (25 // 8 = 3) x 0.1 DiT = 0.9 s
+    assert speed.steps_within(a, 0.2) is None

@@ -259,10 +259,23 @@ def app_request(ctx: Context, settings, fpdm_path: Path, dit_path: Path) -> dict
     release_memory(work)
     return {"load_s": loaded, "first_image_s": first, "complete_s": done, "updates": updates, "work": work,
             "fpdm_steps": len(last.fpdm_record.steps), "dit_steps": len(last.dit_record.steps) if last.dit_record else 0,
+            "fpdm_block_evals": last.fpdm_record.spent_block_evals, "dit_depth": dit.config.depth,
             "rss_after_request": rss_after, "rss_after_release": rss_bytes()}
 
 
 APP_TARGETS = {"first_image_s": 0.3, "complete_s": 1.0}  # issue 14: the default request on an idle 2-core machine
+
+
+def steps_within(a: dict, seconds: float) -> int | None:
+    """The most FPDM steps (the default's iterations and images; DiT at the same budget) whose predicted
+    completion, from the measured seconds per FPDM step, per DiT step and outside sampling, is below `seconds`;
+    None if not even one step fits."""
+    r, t = a["warm"][0], a["per_step_s"]
+    outside = statistics.median(a["stages_s"]["load"]["values"]) + statistics.median(a["stages_s"]["finish"]["values"])
+    evals_per_step = r["fpdm_block_evals"] / r["fpdm_steps"]
+    fits = [s for s in range(1, r["fpdm_steps"] + 1)
+            if outside + s * t["fpdm"] + int(s * evals_per_step // r["dit_depth"]) * t["dit"] < seconds]
+    return max(fits) if fits else None
 
 
 def measure_app(ctx: Context) -> dict:
@@ -285,7 +298,7 @@ def measure_app(ctx: Context) -> dict:
         for name, value in (("load", r["load_s"]), ("fpdm", fpdm_end - r["load_s"]), ("dit", dit_end - fpdm_end),
                             ("finish", r["complete_s"] - dit_end)):
             stages.setdefault(name, []).append(value)
-    return {"settings": default.to_dict(), "large_images": large.num_images, "precision":
+    out = {"settings": default.to_dict(), "large_images": large.num_images, "precision":
             resolve_precision(default.config.precision, ctx.device), "cold": cold, "warm": warm,
             "first_image_s": spread([r["first_image_s"] for r in warm]),
             "complete_s": spread([r["complete_s"] for r in warm]),
@@ -293,6 +306,8 @@ def measure_app(ctx: Context) -> dict:
             "per_step_s": {"fpdm": statistics.median(stages["fpdm"]) / warm[0]["fpdm_steps"],
                            "dit": statistics.median(stages["dit"]) / max(warm[0]["dit_steps"], 1)},
             "rss_before_large": rss_before, "large": big, "targets": APP_TARGETS}
+    out["steps_within_target"] = steps_within(out, APP_TARGETS["complete_s"])
+    return out
 
 
 def run(ctx: Context) -> Path:
@@ -434,7 +449,10 @@ def app_table(a: dict | None) -> list[str]:
              f"{a['targets']['first_image_s']} / {a['targets']['complete_s']} |", "",
              "Where the time of a default request goes (medians, s): "
              + "; ".join(f"{k} {v['median']:.3g}" for k, v in a["stages_s"].items())
-             + f"; one FPDM step {a['per_step_s']['fpdm']:.3g} s, one DiT step {a['per_step_s']['dit']:.3g} s.", "",
+             + f"; one FPDM step {a['per_step_s']['fpdm']:.3g} s, one DiT step {a['per_step_s']['dit']:.3g} s. "
+             + (f"At these rates at most {a['steps_within_target']} FPDM steps (and DiT at their budget) complete "
+                f"within {a['targets']['complete_s']} s." if a["steps_within_target"] else
+                f"Not even one FPDM step completes within {a['targets']['complete_s']} s at these rates."), "",
              f"Memory (process RSS): {mib(a['rss_before_large'])} before a {a['large_images']}-image request "
              f"({big['complete_s']:.3g} s), {mib(big['rss_after_request'])} after it, "
              f"{mib(big['rss_after_release'])} after `release_memory`."]
