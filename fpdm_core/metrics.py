@@ -20,9 +20,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import assets, cli, options
-from .checkpoints import CheckpointError
-from .classifier import (CLASSIFIER_PATH, FashionClassifier, _logits_and_features, load_classifier, save_classifier, train_classifier)
+from . import assets, cli, options, scores
+from .checkpoints import CheckpointError, load_pipeline
+from .classifier import (CLASSIFIER_PATH, FashionClassifier, _logits_and_features, load_classifier, save_classifier,
+                         train_classifier)
+from .data import load_fashion_mnist
+from .devices import pick_device
+from .sampling import SamplerConfig, balanced_labels, per_image_costs, sample_many
 
 
 # ----------------------------------------------------------------------------- FCD
@@ -81,8 +85,6 @@ _REAL_STATS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDicti
 def real_stats(classifier: FashionClassifier, n: int = 10000, split: str = "test",
                data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Feature statistics of the first `n` real images of a split, cached per classifier object."""
-    from .data import load_fashion_mnist
-
     key = (n, split, str(data_dir))
     cache = _REAL_STATS.setdefault(classifier, {})
     if key not in cache:
@@ -101,8 +103,6 @@ def evaluate(model, diffusion, sampler_config, *, n: int = 1000, classifier: Fas
     is measured against `real_stats` of the first `real_n` test images. Costs are per image
     (averaged over batches for `adaptive`); `seconds` is the sampling wall time.
     """
-    from .sampling import balanced_labels, per_image_costs, sample_many
-
     if n < 2 or batch_size < 1:
         raise ValueError(f"need n >= 2 and batch_size >= 1, got {n} and {batch_size}")
     classifier = classifier if classifier is not None else load_classifier(device=device)
@@ -159,11 +159,6 @@ def load_samples_npz(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _evaluate_command(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
-    from . import scores  # scores builds on this module; imported here so the dependency stays one-way
-    from .checkpoints import load_pipeline
-    from .devices import pick_device
-    from .sampling import SamplerConfig, balanced_labels, per_image_costs, sample_many
-
     device = pick_device(a.device)
     classifier = load_classifier(a.classifier, device=device)
     if a.npz:
@@ -194,8 +189,6 @@ def _evaluate_command(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .sampling import SamplerConfig
-
     p = cli.ArgumentParser(prog="python -m fpdm_core.metrics", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)

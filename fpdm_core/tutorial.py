@@ -25,12 +25,15 @@ import numpy as np
 import torch
 
 from . import assets
+from .bench import headline
 from .checkpoints import SHIPPED, load_checkpoint, load_pipeline
 from .diffusion import GaussianDiffusion
 from .models import DiT, FPDM, ModelConfig
 from .plots import image_grid, residual_matrix
-from .sampling import SampleRecord, SamplerConfig, new_record, sample_progressive
+from .sampling import SampleRecord, SamplerConfig, new_record, sample, sample_progressive
 from .solvers import NonFiniteError, SolverStats, solve
+from .stats import bootstrap_ci, paired_diff_ci, verdict
+from .train import TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO / "figures" / "bench"
@@ -55,8 +58,6 @@ def load_or_train(kind: str, path: str | Path | None = None, recipe: dict | None
                   device: str | torch.device = "cpu", seed: int = 0) -> TutorialModel:
     """`path` (empty: the shipped checkpoint of `kind`) if it exists, else the tiny preset trained with `recipe`
     (TrainConfig fields over FALLBACK_RECIPE) and a note saying so."""
-    from .train import TrainConfig, Trainer
-
     if kind not in SHIPPED:
         raise ValueError(f"kind must be one of {sorted(SHIPPED)}, got {kind!r}")
     path = Path(path) if path else SHIPPED[kind]
@@ -423,8 +424,6 @@ def judged_samples(model, diffusion, config: SamplerConfig, classifier, *, n: in
     """(images, correct (n,) bool numpy, record): n class-conditional samples (labels cycle through the classes),
     whether the judge assigns each to its requested class, and the `SampleRecord` (costs). Same seed and n -> same
     noise for every model."""
-    from .sampling import sample
-
     labels = torch.arange(n) % model.config.num_classes  # (n,)
     images, record = sample(model, diffusion, labels, config, generator=torch.Generator().manual_seed(seed), device=device)
     with torch.no_grad():
@@ -435,8 +434,6 @@ def judged_samples(model, diffusion, config: SamplerConfig, classifier, *, n: in
 def compare_accuracy(fpdm_correct, dit_correct, chance: float) -> dict:
     """Bootstrap 95% intervals (fpdm_core.stats) of both accuracies and of FPDM minus DiT on paired samples (same
     labels and noise), and the verdict on "FPDM is better"; underpowered while either model is not above chance."""
-    from .stats import bootstrap_ci, paired_diff_ci, verdict
-
     fpdm, dit = bootstrap_ci(np.asarray(fpdm_correct, float)), bootstrap_ci(np.asarray(dit_correct, float))
     diff = paired_diff_ci(np.asarray(fpdm_correct, float), np.asarray(dit_correct, float))
     powered = fpdm[1] > chance and dit[1] > chance
@@ -480,8 +477,6 @@ def headline_summary(data: dict) -> dict:
     {metric: verdict}}} (fpdm_core.bench.headline.judge, powered as the benchmark says), "table": markdown with,
     per budget, accuracy and FCD (95% CIs) of every variant and the overall verdict on each `a beats b`}.
     """
-    from .bench import headline
-
     r, (method, cfg_scale, n, _) = data["results"], data["settings"]["conditions"][0]
     here = [x for x in r["rows"] + r["comparisons"] if x["method"] == method and x["cfg_scale"] == cfg_scale]
     rows = {(x["variant"], x["budget_dit_steps"]): x for x in here if "variant" in x and "skipped" not in x}

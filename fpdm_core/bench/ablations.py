@@ -16,9 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .harness import SMOKE, SMOKE_MODES, MiB, Context, finding, log, mib, pyplot, save_figure, write_result
+from .. import classifier, metrics
+from ..sampling import SamplerConfig
+from ..stats import paired_diff_ci, verdict
+from ..train import TrainConfig, Trainer
+from .harness import Context, MiB, SMOKE, SMOKE_MODES, finding, log, mib, pyplot, save_figure, write_result
 from .memory import estimate_step_memory
-from .scoring import CHANCE, MIN_ACCURACY, MIN_N, power_problem
+from .scoring import CHANCE, MIN_ACCURACY, MIN_N, power_problem, sample_and_score, summary
 
 NAME = "ablations"
 TITLE = "Ablations (equal training steps, 2 seeds)"
@@ -65,11 +69,6 @@ def run_specs(ctx: Context, classifier_path: Path | None) -> list[dict]:
 
 def train_and_score(spec: dict) -> dict:
     """Train one variant with one seed, then sample and judge it (runs in a worker process with --jobs)."""
-    from .. import classifier, metrics
-    from ..sampling import SamplerConfig
-    from ..train import TrainConfig, Trainer
-    from .scoring import sample_and_score, summary
-
     torch.set_num_threads(spec["threads"])
     cfg = TrainConfig(model=spec["model"], model_overrides=spec["model_overrides"], batch_size=spec["batch"],
                       max_steps=spec["steps"], max_minutes=spec["minutes"], precision=spec["precision"],
@@ -94,11 +93,11 @@ def train_and_score(spec: dict) -> dict:
            "loss_curve": _downsample(losses), "worst_case_draw": [n_ng, n_g],
            "worst_case_memory_bytes": mem["total_bytes"],
            "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}
-    classifier = classifier.load_classifier(spec["classifier"] or classifier.CLASSIFIER_PATH, device=device)
+    judge = classifier.load_classifier(spec["classifier"] or classifier.CLASSIFIER_PATH, device=device)
     sampler = SamplerConfig(budget=SAMPLE_STEPS * BLOCKS_PER_STEP, steps=SAMPLE_STEPS)
-    scored = sample_and_score(trainer.ema, trainer.diffusion, sampler, classifier, n=spec["n"],
+    scored = sample_and_score(trainer.ema, trainer.diffusion, sampler, judge, n=spec["n"],
                               seed=spec["eval_seed"], device=device)
-    row.update(summary(scored, metrics.real_stats(classifier, n=spec["real_n"])), sampler=sampler.to_dict())
+    row.update(summary(scored, metrics.real_stats(judge, n=spec["real_n"])), sampler=sampler.to_dict())
     return {"row": row, "correct": scored.correct}
 
 
@@ -121,8 +120,6 @@ def _downsample(losses: list[float]) -> list[list[float]]:
 
 def compare(runs: dict[tuple[str, int], dict], better: str, other: str, seeds: list[int]) -> dict:
     """Paired accuracy difference pooled over seeds (same labels and noise in every run), and per seed."""
-    from ..stats import paired_diff_ci
-
     a = np.concatenate([runs[better, s]["correct"] for s in seeds]).astype(float)
     b = np.concatenate([runs[other, s]["correct"] for s in seeds]).astype(float)
     diff, lo, hi = paired_diff_ci(a, b)
@@ -207,8 +204,6 @@ def judge(c: dict, rows: list[dict]) -> tuple[str, str]:
     """(status, why) of one comparison: the CI rule; underpowered near chance or with few samples; seeds that
     must agree; a design that must be equal steps (every run reached its target) or equal time (the cap ended
     every run)."""
-    from ..stats import verdict
-
     runs = [r for r in rows if r["variant"] in (c["better"], c["other"])]
     problem = power_problem(c["n"], [r["accuracy"] for r in runs], [r["accuracy_ci"][0] for r in runs])
     status = verdict(*c["ci"], higher_is_better=True, powered=not problem)

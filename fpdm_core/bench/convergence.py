@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..plots import residual_matrix
+from ..sampling import SamplerConfig, sample
+from ..stats import bootstrap_ci, paired_diff_ci, verdict
 from .harness import Context, bench_diffusion, finding, load_checkpoint_model, log, pyplot, save_figure, write_result
 
 NAME = "convergence"
@@ -33,9 +36,6 @@ def residual_summary(m: np.ndarray) -> dict:
 
 
 def run(ctx: Context) -> Path:
-    from ..plots import residual_matrix
-    from ..sampling import SamplerConfig, sample
-
     started, sc = time.perf_counter(), ctx.scale
     model, path = load_checkpoint_model(ctx, "fpdm")
     diffusion = bench_diffusion(ctx)
@@ -90,8 +90,6 @@ def per_step_contraction(m: np.ndarray) -> np.ndarray:
 
 def verdicts(data: dict) -> list[dict]:
     """Intervals resample denoising steps (iterations within a step are not independent)."""
-    from ..stats import bootstrap_ci, paired_diff_ci, verdict
-
     runs = {(r["solver"], r["reuse"]): r for r in data["results"]["runs"]}
     base, reuse = runs[("picard", False)], runs[("picard", True)]
     m_base, m_reuse = (np.array(r["rel_residual"], dtype=float) for r in (base, reuse))

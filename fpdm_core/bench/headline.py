@@ -15,10 +15,11 @@ from pathlib import Path
 from .. import assets
 from ..checkpoints import load_model
 from ..devices import resolve_precision
-from ..sampling import SamplerConfig, plan_for
+from ..sampling import SamplerConfig, balanced_labels, plan_for, sample_many
+from ..stats import verdict
 from .harness import (Context, bench_diffusion, finding, load_checkpoint_model, log, machine_info, pyplot, result_path,
                       save_figure, write_result)
-from .points import MIN_ACCURACY, Evaluator, metric_info
+from .points import Evaluator, MIN_ACCURACY, metric_info
 
 NAME = "headline"
 TITLE = "FPDM vs DiT under a sampling budget"
@@ -138,8 +139,6 @@ EXAMPLE_BUDGETS = (2, 20)  # DiT-step budgets shown side by side in headline_exa
 
 def draw_examples(ctx: Context, models: dict, best: dict, depth: int) -> None:
     """headline_examples.png: one image per class from DiT and FPDM (best split) at two budgets, same noise."""
-    from ..sampling import balanced_labels, sample_many
-
     plt, diffusion = pyplot(), bench_diffusion(ctx)
     labels = balanced_labels(10, models["dit"][0].config.num_classes)
     panels = []
@@ -200,8 +199,6 @@ def is_powered(c: dict, data: dict) -> bool:
 
 def judge(c: dict, metrics: dict, powered: bool = True) -> dict[str, str]:
     """stats.verdict of `a better than b` on each verdict metric."""
-    from ..stats import verdict
-
     return {m: verdict(c["diff"][m]["lo"], c["diff"][m]["hi"], higher_is_better=metrics[m]["higher_is_better"],
                        powered=powered) for m in VERDICT_METRICS}
 

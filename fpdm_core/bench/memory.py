@@ -20,8 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..models import FPDM, PRESETS, ModelConfig, build_model
-from .harness import (PAPER, GiB, MiB, Context, Scale, dump_json, finding, less, log, machine_info, mib, pyplot,
+from .. import train  # noqa: F401 - every import happens before memstep's baseline
+from ..diffusion import GaussianDiffusion
+from ..models import DiTBlock, FPDM, ModelConfig, PRESETS, build_model
+from ..train import fpdm_train_forward
+from .harness import (Context, GiB, MiB, PAPER, Scale, dump_json, finding, less, log, machine_info, mib, pyplot,
                       result_path, save_figure, sync, write_result)
 
 NAME = "memory"
@@ -52,8 +55,6 @@ def saved_tensor_bytes(model: torch.nn.Module, fn):
 def _training_loss(model, diffusion, batch: int, *, n_no_grad: int = 0, n_grad: int = 0, recompute: bool = False,
                    seed: int = 0, device="cpu") -> torch.Tensor:
     """The loss of one training batch of random data (as `train.Trainer` computes it, float32)."""
-    from ..train import fpdm_train_forward
-
     c = model.config
     gen = torch.Generator().manual_seed(seed)
     x0 = torch.randn(batch, c.in_channels, c.input_size, c.input_size, generator=gen).clamp(-1, 1).to(device)
@@ -86,8 +87,6 @@ def estimate_step_memory(config: ModelConfig, batch: int, *, n_no_grad: int = 0,
     weights + grads + 2 AdamW moments = 4 x parameter bytes; activations = the tensors autograd saves.
     The n_no_grad iterations run without a graph and save nothing, so the trace leaves them out.
     """
-    from ..diffusion import GaussianDiffusion
-
     model = _meta_model(config)
     diffusion = GaussianDiffusion().to("meta")
     params = sum(p.numel() for p in model.parameters())
@@ -123,7 +122,6 @@ def _warm_up(device: torch.device) -> None:
     """Run torch's lazy set-up before the baseline: the first AdamW step alone imports ~800 modules (~70 MB)."""
     from torch.utils.checkpoint import checkpoint
 
-    from ..models import DiTBlock
 
     block = DiTBlock(8, 2, 4.0).to(device)
     x = torch.randn(2, 4, 8, device=device, requires_grad=True)  # (B, N, D)
@@ -141,9 +139,6 @@ def memstep(spec: dict) -> dict:
     are allocated first (a step on zero gradients, which leaves the weights unchanged), so the
     measured step holds weights, moments, gradients and activations together, as every later step does.
     """
-    from .. import train  # noqa: F401 - every import happens before the baseline
-    from ..diffusion import GaussianDiffusion
-
     with contextlib.suppress(OSError):  # out of memory, the kernel ends this measurement, not the user's other work
         Path("/proc/self/oom_score_adj").write_text("1000")
     torch.set_num_threads(spec["threads"])

@@ -11,7 +11,12 @@ from pathlib import Path
 
 import torch
 
-from .harness import PAPER, Context, bench_diffusion, finding, load_checkpoint_model, load_judge, log, pyplot, save_figure, write_result
+from .. import classifier, metrics
+from ..data import load_fashion_mnist
+from ..sampling import SamplerConfig, plan_for
+from ..stats import verdict
+from .harness import (Context, PAPER, bench_diffusion, finding, load_checkpoint_model, load_judge, log, pyplot,
+                      save_figure, write_result)
 from .scoring import CHANCE, MIN_ACCURACY, MIN_N, paired_accuracy, power_problem, sample_and_score, summary
 
 NAME = "quality"
@@ -41,9 +46,6 @@ HEADLINE = "FPDM + smoothing + reuse"
 
 def quality_reference(judge, n: int, seed: int, real_n: int = 10000) -> dict:
     """What real images score at the same n: the accuracy ceiling and the FCD floor (train vs test stats)."""
-    from .. import classifier, metrics
-    from ..data import load_fashion_mnist
-
     x_test, y_test = load_fashion_mnist("test")
     x_train, _ = load_fashion_mnist("train")
     idx = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))[:n]
@@ -61,9 +63,6 @@ COMPARISONS = (  # (claim, variant claimed better, baseline variant)
 
 
 def run(ctx: Context) -> Path:
-    from .. import classifier, metrics
-    from ..sampling import SamplerConfig, plan_for
-
     started, sc = time.perf_counter(), ctx.scale
     models = {kind: load_checkpoint_model(ctx, kind) for kind in ("fpdm", "dit")}
     judge = load_judge(ctx)
@@ -147,8 +146,6 @@ def _row(rows: list[dict], variant: str, k: int) -> dict | None:
 
 def judge_comparison(c: dict, rows: list[dict]) -> str:
     """stats.verdict on one paired comparison; underpowered when n is small or a model is near chance."""
-    from ..stats import verdict
-
     pair = [_row(rows, v, c["budget_dit_steps"]) for v in (c["better"], c["baseline"])]
     problem = power_problem(c["n"], [r["accuracy"] for r in pair], [r["accuracy_ci"][0] for r in pair])
     return verdict(*c["ci"], higher_is_better=True, powered=not problem)

@@ -13,6 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..classifier import _logits_and_features
+from ..metrics import frechet_distance
+from ..sampling import balanced_labels, per_image_costs, sample_many
+from ..stats import bootstrap_ci, paired_diff_ci
+
 CHANCE = 0.1  # class accuracy of guessing among the ten classes
 MIN_ACCURACY = 0.3  # the best model of a comparison must reach this (trained long enough to learn something)
 MIN_N = 200  # samples per point below which a comparison is underpowered
@@ -32,9 +37,6 @@ class Scored:
 def sample_and_score(model, diffusion, sampler_config, classifier, *, n: int, seed: int, batch_size: int = 250,
                      device: str | torch.device = "cpu") -> Scored:
     """Sample n class-conditional images and judge each one."""
-    from ..metrics import _logits_and_features
-    from ..sampling import balanced_labels, per_image_costs, sample_many
-
     labels = balanced_labels(n, model.config.num_classes)  # (n,)
     start = time.perf_counter()
     images, records = sample_many(model, diffusion, labels, sampler_config, seed=seed, batch_size=batch_size,
@@ -47,15 +49,11 @@ def sample_and_score(model, diffusion, sampler_config, classifier, *, n: int, se
 
 def fcd(features: np.ndarray, reference: tuple[np.ndarray, np.ndarray]) -> float:
     """Frechet distance of features (n, F) to reference (mean, covariance) statistics."""
-    from ..metrics import frechet_distance
-
     return frechet_distance(features.mean(axis=0), np.cov(features, rowvar=False), *reference)
 
 
 def summary(s: Scored, reference: tuple[np.ndarray, np.ndarray]) -> dict:
     """Accuracy with its 95% bootstrap interval, FCD, costs."""
-    from ..stats import bootstrap_ci
-
     acc, lo, hi = bootstrap_ci(s.correct.astype(float))
     return {"n": len(s.correct), "accuracy": acc, "accuracy_ci": [lo, hi], "fcd": fcd(s.features, reference),
             "block_evals_per_image": s.block_evals_per_image, "flops_per_image": s.flops_per_image,
@@ -64,8 +62,6 @@ def summary(s: Scored, reference: tuple[np.ndarray, np.ndarray]) -> dict:
 
 def paired_accuracy(a: Scored, b: Scored) -> dict:
     """Accuracy of a minus b over the same labels and seeds, with a paired 95% interval."""
-    from ..stats import paired_diff_ci
-
     if not np.array_equal(a.labels, b.labels):
         raise ValueError("paired comparison needs the same labels in the same order (same n and seed)")
     diff, lo, hi = paired_diff_ci(a.correct.astype(float), b.correct.astype(float))
