@@ -38,8 +38,8 @@ UNCONDITIONAL = "unconditional"
 MAX_IMAGES = 64  # per request: one grid on the page
 MAX_WORK = 20_000  # block evaluations x images per request, FPDM and DiT (or both compared runs) together
 # The page's own defaults where they differ from SamplerConfig's: a small request (about a second on two CPU
-# cores) in the fast precision (bf16 where the hardware has it, fpdm_core.devices).
-APP_DEFAULTS = {"steps": 10, "iterations": 3, "budget": 50, "precision": "auto"}
+# cores). Precision stays SamplerConfig's fp32: bf16 moved metrics beyond their intervals (bench `precision`).
+APP_DEFAULTS = {"steps": 10, "iterations": 3, "budget": 50}
 SAMPLER_OPTIONS = options_of(SamplerConfig)
 WORK_NOTE = f"at most {MAX_WORK:,} block evaluations x images per request (FPDM and DiT together)"
 
