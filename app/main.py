@@ -115,16 +115,17 @@ def generate(folder: str, device: str, fpdm_upload=None, dit_upload=None, fpdm_c
     try:
         settings = aps.settings_from_ui(**controls)
         fpdm = ac.load_slot("fpdm", folder, fpdm_choice, fpdm_upload, device, weights)
-        dit, dit_note = None, None
+        dit, dit_diffusion, dit_note = None, None, None
         try:
-            dit = ac.load_slot("dit", folder, dit_choice, dit_upload, device, weights).model
+            dit_slot = ac.load_slot("dit", folder, dit_choice, dit_upload, device, weights)
+            dit, dit_diffusion = dit_slot.model, dit_slot.diffusion
         except aps.ExploreError as e:
             dit_note = f"No DiT baseline: {e}"
         caption = af.label_caption(settings, fpdm.model.config)
         yield (None, None, dit_note or "", None, None, None, None, "", _status("busy", "starting"),
                progress_html(text="starting..."), caption)
         for u in ar.explore(fpdm.model, dit, settings, device=device, dit_note=dit_note,
-                              diffusion_config=fpdm.diffusion):
+                            diffusion_config=fpdm.diffusion, dit_diffusion_config=dit_diffusion):
             images = ((page_image(u.fpdm_grid, settings, "fpdm"), page_image(u.dit_grid, settings, "dit"))
                       if u.refreshed else (gr.skip(), gr.skip()))
             if u.stage != "done":

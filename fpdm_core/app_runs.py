@@ -150,9 +150,11 @@ def _progress_message(who: str, step, total_steps: int) -> str:
 
 def explore(fpdm: FPDM, dit: DiT | None, settings: Settings, *, device: str | torch.device = "cpu",
             max_updates: int = 20, dit_note: str | None = None,
-            diffusion_config: DiffusionConfig = DiffusionConfig()) -> Iterator[Update]:
+            diffusion_config: DiffusionConfig = DiffusionConfig(),
+            dit_diffusion_config: DiffusionConfig | None = None) -> Iterator[Update]:
     """Sample FPDM with `settings`, then DiT with the steps that fit the same budget; yield an update per step.
 
+    Each model samples with its own diffusion process (`Loaded.diffusion`; DiT's defaults to FPDM's).
     The same seed gives both models the same initial noise and labels. `dit` may be None
     (then `dit_note` says why). Grids refresh at most `max_updates` times per model. Raises
     ExploreError for an impossible plan, too much work, or a diverging solver.
@@ -160,6 +162,7 @@ def explore(fpdm: FPDM, dit: DiT | None, settings: Settings, *, device: str | to
     config = settings.config
     labels = settings.labels(fpdm.config)
     diffusion = GaussianDiffusion.from_config(diffusion_config).to(device)  # FPDM's (`Loaded.diffusion`)
+    dit_diffusion = GaussianDiffusion.from_config(dit_diffusion_config or diffusion_config).to(device)
     try:
         record = new_record(fpdm, diffusion, config)
     except ValueError as e:
@@ -179,11 +182,11 @@ def explore(fpdm: FPDM, dit: DiT | None, settings: Settings, *, device: str | to
                           f"see DiT.")
             dit = None
         else:
-            steps = min(dit_baseline_steps(dit.config, budget), diffusion.num_timesteps, NUM_TIMESTEPS)
+            steps = min(dit_baseline_steps(dit.config, budget), dit_diffusion.num_timesteps, NUM_TIMESTEPS)
             dit_config = replace(config, steps=steps, iterations=None, budget=budget)
     if panel_note:
         notes.append(panel_note)
-    dit_record = new_record(dit, diffusion, dit_config) if dit is not None else None
+    dit_record = new_record(dit, dit_diffusion, dit_config) if dit is not None else None
     check_work(budget + (dit_record.plan["steps"] * dit_depth if dit_record else 0), settings.num_images,
                "FPDM + DiT" if dit_record else "FPDM")
     clock = _Clock(_plan_flops(fpdm, record) + (_plan_flops(dit, dit_record) if dit_record else 0.0))
@@ -198,7 +201,7 @@ def explore(fpdm: FPDM, dit: DiT | None, settings: Settings, *, device: str | to
                      fpdm_grid, None, record, None, dit_note=panel_note, notes=notes)
     if dit_record is not None:
         for progress, elapsed, left, step, refreshed, grid, dit_frames in _sample(
-                dit, diffusion, labels, dit_config, dit_record, settings.seed, device, "DiT", clock, max_updates):
+                dit, dit_diffusion, labels, dit_config, dit_record, settings.seed, device, "DiT", clock, max_updates):
             dit_grid = grid if grid is not None else dit_grid
             yield Update("dit", progress, _progress_message("DiT", step, dit_record.plan["steps"]), elapsed, left,
                          refreshed, fpdm_grid, dit_grid, record, dit_record, notes=notes)

@@ -22,7 +22,7 @@ from fpdm_core import app_runs as ar
 from fpdm_core import app_settings as aps
 from fpdm_core.checkpoints import load_checkpoint, save_checkpoint
 from fpdm_core.data import FASHION_MNIST_CLASSES
-from fpdm_core.diffusion import spaced_timesteps
+from fpdm_core.diffusion import DiffusionConfig, spaced_timesteps
 from fpdm_core.models import build_model
 from fpdm_core.sampling import SamplerConfig
 
@@ -161,6 +161,17 @@ def test_progress_estimate_is_measured_and_grids_refresh_at_most_every_update(ck
     assert progress == sorted(progress) and progress[-1] == 1.0 and len(updates) == 40 + 30 + 1  # DiT: 120 // 4
     assert all(u.left_s is not None and u.left_s >= 0 for u in updates)
     assert sum(u.refreshed for u in updates if u.stage == "fpdm") == 10
+
+
+def test_each_model_samples_with_its_own_diffusion_process(ckpt_dir):
+    settings = aps.Settings(num_images=1).with_sampler(steps=4, iterations=1, cfg_scale=1.0)
+    fpdm, dit = ac.load_slot("fpdm", ckpt_dir).model, ac.load_slot("dit", ckpt_dir).model
+    short = DiffusionConfig(num_timesteps=100, beta_schedule="cosine")
+    done = list(ar.explore(fpdm, dit, settings, dit_diffusion_config=short))[-1]
+    assert done.fpdm_record.timesteps[0] == 999 and done.dit_record.timesteps[0] == 99  # each from its own T
+    same = list(ar.explore(fpdm, dit, settings))[-1]  # without one, DiT shares FPDM's process
+    assert same.dit_record.timesteps[0] == 999
+    assert not np.array_equal(np.asarray(done.dit_grid), np.asarray(same.dit_grid))
 
 
 @pytest.mark.parametrize("overrides, expect", [
