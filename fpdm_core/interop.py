@@ -35,7 +35,9 @@ import torch
 from safetensors import SafetensorError
 
 from . import cli
-from .checkpoints import CheckpointError, expected_shapes, load_checkpoint, save_checkpoint, shape_mismatch
+from .checkpoints import (CheckpointError, expected_shapes, load_checkpoint, save_checkpoint, shape_mismatch,
+                          stored_diffusion)
+from .diffusion import DiffusionConfig
 from .models import DiT, FPDM, LIMITS, ModelConfig, build_model, sincos_pos_embed_2d
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / accelerate, torch.compile
@@ -307,7 +309,8 @@ def import_state_dict(state: dict[str, torch.Tensor], *, args: dict | None = Non
 
     See `infer_config` for the arguments. Facts: the config, whether sigma channels were dropped,
     how far the stored pos_embed is from the kit's sin-cos table, and warnings about training
-    settings in `args` that this kit's sampler does not reproduce (flow matching, zero-SNR).
+    settings in `args` that this kit's sampler does not reproduce (flow matching, zero-SNR), and the
+    diffusion process they imply (`predict_v` -> v-prediction), which `interop import` saves with the weights.
     """
     state = strip_prefixes(state)
     config = infer_config(state, args=args, num_heads=num_heads, timestep_cond_pre_post=timestep_cond_pre_post,
@@ -331,9 +334,8 @@ def import_state_dict(state: dict[str, torch.Tensor], *, args: dict | None = Non
     args = args or {}
     warnings = [f"trained with {k}=True: this kit samples epsilon-prediction DDPM/DDIM, results will be wrong"
                 for k in ("flow", "use_zero_terminal_snr") if args.get(k)]
-    if args.get("predict_v"):
-        warnings.append("trained to predict v: sample with GaussianDiffusion(prediction='v')")
-    facts = {"config": config.to_dict(), "dropped_sigma_channels": dropped,
+    diffusion = DiffusionConfig(prediction="v" if args.get("predict_v") else "epsilon")
+    facts = {"config": config.to_dict(), "diffusion": diffusion.to_dict(), "dropped_sigma_channels": dropped,
              "pos_embed_max_abs_diff": float((state["pos_embed"].float().reshape(-1, config.hidden_size) - ours)
                                              .abs().max()),
              "warnings": warnings}
@@ -368,14 +370,17 @@ def export_state_dict(model: DiT | FPDM, *, pad_sigma: bool = False) -> dict[str
     return state
 
 
-def their_args(config: ModelConfig) -> dict:
-    """The authors' train/sample arguments that rebuild `config` in their code (a plain dict, no pickle)."""
+def their_args(config: ModelConfig, diffusion: DiffusionConfig = DiffusionConfig()) -> dict:
+    """The authors' train/sample arguments that rebuild `config` (and `predict_v`) in their code (a plain dict).
+
+    Their code always uses DiT's linear schedule with 1000 steps: `interop export` refuses another process.
+    """
     c = config
     name = next((f"DiT-{n}/{c.patch_size}" for n, (d, h) in
                  {"XL": (1152, 16), "L": (1024, 16), "B": (768, 12), "S": (384, 6)}.items()
                  if (c.hidden_size, c.num_heads) == (d, h)), None)
     out = {"model": name, "num_classes": c.num_classes, "image_size": c.input_size * 8,
-           "fixed_point": c.kind == "fpdm", "flow": False}
+           "fixed_point": c.kind == "fpdm", "flow": False, "predict_v": diffusion.prediction == "v"}
     if c.kind == "fpdm":
         out.update({"fixed_point_pre_depth": c.pre_depth, "fixed_point_post_depth": c.post_depth,
                     PPTC_ARG: c.timestep_cond_pre_post})
@@ -383,7 +388,7 @@ def their_args(config: ModelConfig) -> dict:
 
 
 def export_checkpoint(path: str | Path, model: DiT | FPDM, *, ema: DiT | FPDM | None = None, pad_sigma: bool = False,
-                      train_steps: int | None = None) -> dict:
+                      train_steps: int | None = None, diffusion: DiffusionConfig = DiffusionConfig()) -> dict:
     """Write `{"model", "ema", "args", "train_steps"}` with torch.save; only tensors and plain values.
 
     DiT's `find_model` and the authors' sample.py read the "ema" entry. `args` is a plain dict of
@@ -391,7 +396,7 @@ def export_checkpoint(path: str | Path, model: DiT | FPDM, *, ema: DiT | FPDM | 
     """
     ckpt = {"model": export_state_dict(model, pad_sigma=pad_sigma),
             "ema": export_state_dict(ema if ema is not None else model, pad_sigma=pad_sigma),
-            "args": their_args(model.config)}
+            "args": their_args(model.config, diffusion)}
     if train_steps is not None:
         ckpt["train_steps"] = int(train_steps)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -435,18 +440,24 @@ def main(argv: list[str] | None = None) -> int:
             model, facts = import_checkpoint(a.path, weights=a.weights, allow_namespace=a.allow_namespace,
                                              num_heads=a.num_heads, timestep_cond_pre_post=a.timestep_cond_pre_post,
                                              learn_sigma=False if a.drop_sigma else None)
-            meta = {"imported": {k: v for k, v in facts.items() if k != "config"}}
-            save_checkpoint(a.out, model=model, meta=meta)
+            meta = {"imported": {k: v for k, v in facts.items() if k not in ("config", "diffusion")}}
+            save_checkpoint(a.out, model=model, diffusion=DiffusionConfig.from_dict(facts["diffusion"]), meta=meta)
             for w in facts["warnings"]:
                 print(f"warning: {w}", file=sys.stderr)
             print(f"wrote {a.out}: {model.config.kind} {model.config.to_dict()}")
         else:
             ckpt = load_checkpoint(a.path)
+            diffusion = stored_diffusion(ckpt.meta)
+            if (diffusion.beta_schedule, diffusion.num_timesteps) != ("linear", 1000):
+                raise InteropError(f"{a.path} was trained with a {diffusion.beta_schedule} schedule over "
+                                   f"{diffusion.num_timesteps} timesteps; DiT's and the authors' code sample with "
+                                   f"linear over 1000 only")
             model, ema = build_model(ckpt.model_config), build_model(ckpt.model_config)
             model.load_state_dict({k: v.float() for k, v in ckpt.group("model").items()})
             ema.load_state_dict({k: v.float() for k, v in (ckpt.group("ema") or ckpt.group("model")).items()})
-            export_checkpoint(a.out, model, ema=ema, pad_sigma=a.pad_sigma, train_steps=ckpt.meta.get("step"))
-            print(f"wrote {a.out}; their arguments: {their_args(model.config)}")
+            export_checkpoint(a.out, model, ema=ema, pad_sigma=a.pad_sigma, train_steps=ckpt.meta.get("step"),
+                              diffusion=diffusion)
+            print(f"wrote {a.out}; their arguments: {their_args(model.config, diffusion)}")
     except (InteropError, CheckpointError, cli.OutputError, OSError) as err:
         return cli.fail(err)
     return 0

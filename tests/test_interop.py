@@ -10,7 +10,8 @@ import pickle
 import pytest
 import torch
 
-from fpdm_core.checkpoints import load_model
+from fpdm_core.checkpoints import load_model, load_pipeline, save_checkpoint
+from fpdm_core.diffusion import DiffusionConfig
 from fpdm_core.interop import (InteropError, export_checkpoint, export_state_dict, import_checkpoint,
                                import_state_dict, infer_config, main, pickled_globals, split_checkpoint, their_args)
 from fpdm_core.models import ModelConfig, build_model
@@ -340,3 +341,25 @@ def test_outputs_are_never_overwritten_without_force(tmp_path, capsys):
     assert main(["export", str(out), "--out", str(out), "--force"]) == 2  # never over its own source
     assert "is the input file itself" in capsys.readouterr().err and out.read_bytes() == before
     assert main(["export", str(out), "--out", str(src)]) == 2 and "exists" in capsys.readouterr().err
+
+
+def test_predict_v_travels_with_the_weights(tmp_path, capsys):
+    state = their_state("dit", sigma=False)
+    src = tmp_path / "v.pt"
+    torch.save({"model": state, "ema": state, "args": {"predict_v": True}}, src)
+    ours = tmp_path / "v.safetensors"
+    assert main(["import", str(src), "--out", str(ours), "--num-heads", "2"]) == 0
+    assert load_pipeline(ours).diffusion.config == DiffusionConfig(prediction="v")  # sampled as v, no flags
+    back = tmp_path / "back.pt"
+    assert main(["export", str(ours), "--out", str(back)]) == 0
+    assert torch.load(back, map_location="cpu", weights_only=True)["args"]["predict_v"] is True
+
+
+def test_export_refuses_a_process_their_code_cannot_sample(tmp_path, capsys):
+    model = build_model(ModelConfig(kind="dit", input_size=8, in_channels=4, patch_size=2, hidden_size=32, depth=2,
+                                    num_heads=2, num_classes=5))
+    src = tmp_path / "cosine.safetensors"
+    save_checkpoint(src, model=model, diffusion=DiffusionConfig(beta_schedule="cosine"))
+    assert main(["export", str(src), "--out", str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cosine" in err and not (tmp_path / "x.pt").exists()
