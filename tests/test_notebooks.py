@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from conftest import HAVE_FMNIST
-from fpdm_core import tutorial
+from fpdm_core import toy_problems, tutorial
 from fpdm_core.diffusion import DiffusionConfig
 from fpdm_core.solvers import NonFiniteError
 
@@ -137,13 +137,13 @@ def test_check_reference_applies_the_stated_tolerances():
 
 @pytest.mark.parametrize("spectrum", ["mixed", "positive", "negative"])
 def test_a_diverging_toy_map_reads_diverged_never_converged(spectrum):
-    fig, sentence = tutorial.toy_figure(contraction=1.5, spectrum=spectrum, anderson=False, dim=16)
+    fig, sentence = toy_problems.toy_figure(contraction=1.5, spectrum=spectrum, anderson=False, dim=16)
     assert sentence.startswith("picard: diverged"), sentence
-    lo, hi = tutorial.SPECTRA[spectrum]
-    f, z_star = tutorial.linear_map(16, 0.5 * lo, 0.5 * hi)
-    out = tutorial.toy_outcome(f, torch.zeros(1, 16, dtype=torch.float64), max_iter=200, tol=1e-10)
+    lo, hi = toy_problems.SPECTRA[spectrum]
+    f, z_star = toy_problems.linear_map(16, 0.5 * lo, 0.5 * hi)
+    out = toy_problems.toy_outcome(f, torch.zeros(1, 16, dtype=torch.float64), max_iter=200, tol=1e-10)
     assert out.status == "converged"
-    assert tutorial.toy_outcome(f, torch.zeros(1, 16, dtype=torch.float64), max_iter=3, tol=1e-10).status == "not converged"
+    assert toy_problems.toy_outcome(f, torch.zeros(1, 16, dtype=torch.float64), max_iter=3, tol=1e-10).status == "not converged"
 
 
 def test_live_figure_shows_a_picture_a_sentence_and_no_widget_repr():
@@ -155,7 +155,7 @@ def test_live_figure_shows_a_picture_a_sentence_and_no_widget_repr():
         calls.append(x)
         if x > 1:
             raise NonFiniteError("the iterates overflowed")
-        return tutorial.toy_figure(contraction=x, dim=8)
+        return toy_problems.toy_figure(contraction=x, dim=8)
 
     shown = tutorial.live_figure(draw, {"x": slider})
     assert shown["values"] == {"x": 0.5} and "converged" in shown["sentence"]
