@@ -16,10 +16,10 @@ Modules, one concern each:
 from .checkpoints import load_model, load_pipeline
 from .diffusion import DiffusionConfig, GaussianDiffusion
 from .models import DiT, FPDM, ModelConfig, PRESETS, build_model, count_parameters
-from .sampling import SamplerConfig, sample
+from .sampling import SamplerConfig  # not `sample`: that name is the `fpdm_core.sample` command-line module
 from .solvers import NonFiniteError, SolverStats, solve
 
 __version__ = "0.1.0"
 __all__ = ["DiT", "DiffusionConfig", "FPDM", "GaussianDiffusion", "ModelConfig", "NonFiniteError", "PRESETS",
            "SamplerConfig", "SolverStats", "__version__", "build_model", "count_parameters", "load_model",
-           "load_pipeline", "sample", "solve"]
+           "load_pipeline", "solve"]

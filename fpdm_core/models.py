@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import NamedTuple
+from types import MappingProxyType
+from typing import Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -427,7 +428,7 @@ def solve_outside_autocast(f, z0: torch.Tensor, **solver_kwargs) -> tuple[torch.
 _XL = dict(input_size=32, in_channels=4, patch_size=2, hidden_size=1152, num_heads=16, num_classes=1000, learn_sigma=True)
 _FM = dict(input_size=28, in_channels=1, patch_size=4, num_classes=10)
 
-PRESETS: dict[str, ModelConfig] = {
+PRESETS: Mapping[str, ModelConfig] = MappingProxyType({  # read-only: change a model with overrides, not here
     # CI-sized: a forward pass in milliseconds
     "DiT-tiny": ModelConfig(kind="dit", **_FM, hidden_size=32, num_heads=2, depth=4),
     "FPDM-tiny": ModelConfig(kind="fpdm", **_FM, hidden_size=32, num_heads=2, pre_depth=1, post_depth=1),
@@ -439,7 +440,7 @@ PRESETS: dict[str, ModelConfig] = {
     # the paper's ImageNet 256 px latent setting
     "DiT-XL/2": ModelConfig(kind="dit", **_XL, depth=28),
     "FPDM-XL/2": ModelConfig(kind="fpdm", **_XL, pre_depth=1, post_depth=1),
-}
+})
 
 
 def build_model(config: ModelConfig | str, *, grad_checkpoint: bool = False, **overrides) -> DiT | FPDM:
