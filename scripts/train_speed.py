@@ -1,27 +1,31 @@
-"""Training steps/s before and after a code change, measured side by side.
+"""Training steps/s before and after a code change, measured side by side in one process.
 
     python scripts/train_speed.py --before REV     # minutes: FPDM-FM-M and DiT-FM-M, batch 128, fp32
 
-Checks REV out in a temporary git worktree and alternates fresh processes of the old and the new
-code (old first on even repeats, new first on odd ones). Each process trains one preset from the
-same seed, so both versions see the same batches and S-JFB draws, and times `--steps` steps after
-one warm-up step. The float32 matmul peak is measured in the same run, before and after. Writes
-`figures/bench/train_before_after.json` and copies it into `figures/bench/speed.json` (if present),
-whose report section (`python -m fpdm_core.bench report`) shows the table.
+Extracts the package at REV as `fpdm_core_before` (its imports are relative), builds one trainer of each
+version per preset from the same seed, so both see the same batches and S-JFB draws, and alternates
+their steps (old first on even steps, new first on odd ones) after one warm-up step each: a change of
+load on a shared machine hits both versions alike. The float32 matmul peak is measured in the same
+run, before and after. Writes `figures/bench/train_before_after.json` and copies it into
+`figures/bench/speed.json` (if present), whose report section (`python -m fpdm_core.bench report`)
+shows the table.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+import io
 import json
-import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from fpdm_core import train
 from fpdm_core.bench.harness import dump_json, machine_info, result_path, spread
 from fpdm_core.bench.speed import BEFORE_AFTER, matmul_peaks, train_step_flops
 from fpdm_core.budget import CostModel
@@ -29,32 +33,41 @@ from fpdm_core.models import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET_NAMES = ("FPDM-FM-M", "DiT-FM-M")
-WORKER = """
-import json, time, torch
-torch.set_num_threads({threads})
-from fpdm_core.train import TrainConfig, Trainer
-trainer = Trainer(TrainConfig(model={preset!r}, batch_size={batch}, max_steps=1, precision="fp32", device="cpu",
-                              seed={seed}, sample_every=0))
-trainer.step()  # warm-up
-rows = []
-for _ in range({steps}):
-    start = time.perf_counter()
-    row = trainer.step()
-    rows.append([time.perf_counter() - start, row.get("n_no_grad", 0), row.get("n_grad", 0)])
-print(json.dumps(rows))
-"""
+OLD = "fpdm_core_before"
 
 
-def run_worker(tree: Path, preset: str, args) -> list[list[float]]:
-    """[[seconds, n_no_grad, n_grad] per step] of `preset` trained with the code in `tree`."""
-    code = WORKER.format(threads=args.threads, preset=preset, batch=args.batch, seed=args.seed, steps=args.steps)
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    out = subprocess.run([sys.executable, "-c", code], cwd=tree, env=env, text=True, capture_output=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def extract_old(rev: str, folder: Path):
+    """`fpdm_core` at git revision `rev`, importable as `fpdm_core_before.train` from `folder`."""
+    tar = subprocess.run(["git", "archive", rev, "fpdm_core"], cwd=ROOT, capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        t.extractall(folder, filter="data")
+    (folder / "fpdm_core").rename(folder / OLD)
+    sys.path.insert(0, str(folder))
+    return importlib.import_module(f"{OLD}.train")
+
+
+def time_side_by_side(modules: dict, preset: str, args) -> dict[str, list[list[float]]]:
+    """{version: [[seconds, n_no_grad, n_grad] per step] per repeat}, the versions' steps alternating."""
+    trainers = {v: m.Trainer(m.TrainConfig(model=preset, batch_size=args.batch, max_steps=1, precision="fp32",
+                                           device="cpu", seed=args.seed, sample_every=0))
+                for v, m in modules.items()}
+    for t in trainers.values():
+        t.step()  # warm-up
+    runs = {v: [] for v in trainers}
+    for r in range(args.repeats):
+        print(f"[train_speed] {preset}: repeat {r + 1}/{args.repeats}", file=sys.stderr)
+        for v in runs:
+            runs[v].append([])
+        for i in range(args.steps):
+            for v in tuple(trainers)[:: 1 if (r * args.steps + i) % 2 == 0 else -1]:
+                start = time.perf_counter()
+                row = trainers[v].step()
+                runs[v][-1].append([time.perf_counter() - start, row.get("n_no_grad", 0), row.get("n_grad", 0)])
+    return runs
 
 
 def summarize(preset: str, runs: dict[str, list], batch: int, peak: float) -> dict:
-    """steps/s and GFLOP/s per version, the new/old ratio per repeat, fractions of the fp32 peak."""
+    """steps/s and GFLOP/s per version, the old/new time ratio of each pair of steps, fractions of the fp32 peak."""
     cost = CostModel.of(PRESETS[preset])
     out = {"preset": preset, "batch": batch}
     for version, repeats in runs.items():
@@ -64,8 +77,8 @@ def summarize(preset: str, runs: dict[str, list], batch: int, peak: float) -> di
         out[version] = {"steps_per_s": spread([len(rows) / s for rows, s in zip(repeats, secs)]),
                         "gflops_per_s": gflops, "fraction_of_fp32_peak": gflops["median"] / peak,
                         "draws": [[n_ng, n_g] for _, n_ng, n_g in repeats[0]]}
-    out["speedup"] = spread([sum(s for s, _, _ in a) / sum(s for s, _, _ in b)
-                             for a, b in zip(runs["before"], runs["after"])])
+    # each step of the new code against the same step (same batch and draws) of the old code, run next to it
+    out["speedup"] = spread([b[0] / a[0] for rb, ra in zip(runs["before"], runs["after"]) for b, a in zip(rb, ra)])
     return out
 
 
@@ -73,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--before", required=True, help="git revision of the old code (e.g. a commit id)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--steps", type=int, default=3, help="timed training steps per process")
+    p.add_argument("--steps", type=int, default=4, help="timed training steps per version and repeat")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--seed", type=int, default=0)
@@ -85,19 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                             check=True).stdout.strip()
     peaks = [matmul_peaks((2048,), 3, torch.device("cpu"))["fp32"]["peak_gflops"]]
     with tempfile.TemporaryDirectory() as tmp:
-        old = Path(tmp) / "before"
-        subprocess.run(["git", "worktree", "add", "--detach", str(old), before], cwd=ROOT, check=True,
-                       capture_output=True)
-        try:
-            trees = {"before": old, "after": ROOT}
-            runs = {preset: {v: [] for v in trees} for preset in PRESET_NAMES}
-            for r in range(a.repeats):
-                for preset in PRESET_NAMES:
-                    for version in tuple(trees)[:: 1 if r % 2 == 0 else -1]:
-                        print(f"[train_speed] repeat {r + 1}/{a.repeats}: {preset}, {version}", file=sys.stderr)
-                        runs[preset][version].append(run_worker(trees[version], preset, a))
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=False)
+        modules = {"before": extract_old(before, Path(tmp)), "after": train}
+        runs = {preset: time_side_by_side(modules, preset, a) for preset in PRESET_NAMES}
     peaks.append(matmul_peaks((2048,), 3, torch.device("cpu"))["fp32"]["peak_gflops"])
     peak = max(peaks)
     data = {"command": "python scripts/train_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),

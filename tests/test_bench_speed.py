@@ -1,14 +1,19 @@
 """Speed rows of `bench speed`: fp32 vs bf16 sampling side by side, torch.compile of the sampling blocks."""
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
 from fpdm_core.app_settings import Settings
 from fpdm_core.bench import harness, speed
-from fpdm_core.models import build_model
+from fpdm_core.budget import CostModel
+from fpdm_core.models import PRESETS, build_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +125,16 @@ def test_steps_within_a_time_follow_the_measured_rates():
          "stages_s": {"load": stage, "finish": stage}}
     assert speed.steps_within(a, 1.0) == 5  # 0.1 outside + 5 x 0.1 FPDM + (25 // 8 = 3) x 0.1 DiT = 0.9 s
     assert speed.steps_within(a, 0.2) is None
+
+
+def test_train_speed_script_pairs_each_step_with_the_same_step_of_the_old_code():
+    spec = importlib.util.spec_from_file_location("train_speed", ROOT / "scripts" / "train_speed.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    runs = {"before": [[[2.0, 0, 0], [4.0, 0, 0]]], "after": [[[1.0, 0, 0], [4.0, 0, 0]]]}
+    row = script.summarize("DiT-FM-M", runs, 8, peak=100.0)
+    assert row["speedup"]["values"] == [2.0, 1.0]
+    assert row["before"]["steps_per_s"]["median"] == pytest.approx(2 / 6)
+    assert row["after"]["steps_per_s"]["median"] == pytest.approx(2 / 5)
+    flops = 2 * speed.train_step_flops(CostModel.of(PRESETS["DiT-FM-M"]), 8)
+    assert row["after"]["fraction_of_fp32_peak"] == pytest.approx(flops / 5 / 1e9 / 100.0)

@@ -464,11 +464,12 @@ def before_after_table(ba: dict | None) -> list[str]:
     if not ba:
         return []
     lines = ["", f"Training before/after (`{ba['command']}`, code at `{ba['before']}` vs `{ba['machine']['git_commit']}`, "
-             f"alternating fresh processes, {ba['repeats']} repeats of {ba['steps']} steps, {ba['precision']}, "
+             f"their steps alternating in one process, {ba['repeats']} repeats of {ba['steps']} steps each, "
+             f"{ba['precision']}, "
              f"{ba['machine']['torch_threads']} threads, load average "
              f"{', '.join(map(str, ba['machine']['load_average'] or []))}; fp32 matmul peak "
              f"{ba['fp32_peak_gflops']:.0f} GFLOP/s measured in the same run):", "",
-             "| model | batch | before steps/s | after steps/s | speed-up (after/before, per repeat) | "
+             "| model | batch | before steps/s | after steps/s | speed-up (old / new time of each pair of steps) | "
              "of fp32 peak before / after |", "|---|---:|---:|---:|---:|---:|"]
     for row in ba["rows"]:
         b, a = row["before"], row["after"]
