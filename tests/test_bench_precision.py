@@ -79,3 +79,18 @@ def test_same_within_ci_only_when_every_interval_contains_zero():
 def test_a_smoke_run_recommends_no_default():
     found = precision.verdicts(data("quick", comparison()))
     assert [f["claim"] for f in found] == ["bf16 sampling keeps FPDM's quality"]
+
+
+def test_a_metric_without_interval_width_is_reported_not_fatal(tmp_path):
+    c = comparison()
+    c["rows"]["fp32"]["metrics"]["accuracy"] = {"value": 0.0, "lo": 0.0, "hi": 0.0}
+    c["rows"]["fp32"]["residual_curve"], c["rows"]["bf16"] = [1.0, 0.5], {"residual_curve": [1.0, 0.5]}
+    c["rows"]["fp32"]["steps"] = 1
+    ctx = harness.Context(out=tmp_path, scale=harness.SCALES["tiny"], seed=0, device=torch.device("cpu"),
+                          precision="fp32", fpdm_path=None, dit_path=None, classifier_path=None, minutes=None,
+                          command="test")
+    precision.plot(ctx, {"metrics": dict(METRICS), "comparisons": [c]})
+    assert (tmp_path / "precision.png").stat().st_size > 1000
+    assert precision.relative_shift(c, "accuracy") == 0.0  # no shift, no width
+    c["diff"]["accuracy"]["value"] = 0.001
+    assert precision.relative_shift(c, "accuracy") == float("inf")

@@ -100,7 +100,8 @@ def relative_shift(c: dict, metric: str) -> float:
     """|bf16 - fp32| as a fraction of the half-width of the fp32 metric's own 95% interval."""
     m = c["rows"]["fp32"]["metrics"][metric]
     half = (m["hi"] - m["lo"]) / 2
-    return abs(c["diff"][metric]["value"]) / half if half > 0 else float("inf")
+    shift = abs(c["diff"][metric]["value"])
+    return shift / half if half > 0 else (0.0 if shift == 0 else float("inf"))
 
 
 def plot(ctx: Context, r: dict) -> None:
@@ -108,7 +109,8 @@ def plot(ctx: Context, r: dict) -> None:
     names = list(r["metrics"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for j, c in enumerate(r["comparisons"]):
-        half = [(c["rows"]["fp32"]["metrics"][m]["hi"] - c["rows"]["fp32"]["metrics"][m]["lo"]) / 2 for m in names]
+        half = [(c["rows"]["fp32"]["metrics"][m]["hi"] - c["rows"]["fp32"]["metrics"][m]["lo"]) / 2 or float("nan")
+                for m in names]  # a metric whose fp32 interval has no width (e.g. accuracy 0 everywhere) is not drawn
         d = [c["diff"][m] for m in names]
         y = np.arange(len(names)) + 0.15 * (j - 0.5)
         axes[0].errorbar([x["value"] / h for x, h in zip(d, half)], y, fmt="o", capsize=3, label=c["kind"],
