@@ -1,8 +1,11 @@
-"""Speed: matmul peaks, one fixed-point iteration vs one DiT block, training steps/s, sampling images/s.
+"""Speed: matmul peaks, one fixed-point iteration vs one DiT block, training steps/s, sampling images/s
+in fp32 and bf16, torch.compile, the app's latency and memory.
 
-Not a claim of the paper: what an iteration, a training step and a sampled image cost here.
+Not a claim of the paper: what an iteration, a training step, a sampled image and an app request
+cost here. Every "of peak" fraction is against the matmul peak of the precision the row ran in.
 `run` calls one `measure_*` function per part of `results`; add a part with a function and one line
-in `run` (and a table in `section`).
+in `run` (and a table in `section`). A training before/after table comes from
+`scripts/train_speed.py` (its JSON is carried into speed.json).
 """
 from __future__ import annotations
 
