@@ -28,7 +28,9 @@ from ..app_settings import MAX_IMAGES, Settings
 from ..budget import CostModel
 from ..devices import resolve_precision
 from ..models import build_model
-from .harness import (PAPER, Context, bench_diffusion, finding, load_checkpoint_model, log, mib, pyplot, result_path,
+from ..sampling import SamplerConfig, sample
+from ..train import TrainConfig, Trainer
+from .harness import (Context, PAPER, bench_diffusion, finding, load_checkpoint_model, log, mib, pyplot, result_path,
                       save_figure, spread, sync, timed, write_result)
 
 NAME = "speed"
@@ -76,8 +78,6 @@ def measure_block(ctx: Context, fpdm, dit) -> dict:
 
 def measure_training(ctx: Context, preset: str, peaks: dict) -> dict:
     """Training steps/s of one preset through `train.Trainer` (the mode's batch, `--precision`)."""
-    from ..train import TrainConfig, Trainer
-
     sc, dev = ctx.scale, ctx.device
     cfg = TrainConfig(model=preset, batch_size=sc.train_batch, max_steps=1, precision=ctx.precision,
                       device=str(dev), seed=ctx.seed, sample_every=0, dataset=sc.dataset, subset=sc.data_subset)
@@ -121,8 +121,6 @@ def measure_sampling(ctx: Context, models: dict, dit_depth: int, peaks: dict) ->
     one comparison per model x budget: the speed-up and the largest differences of FPDM's per-step
     final relative residual and of the images).
     """
-    from ..sampling import SamplerConfig, sample
-
     sc, dev = ctx.scale, ctx.device
     diffusion = bench_diffusion(ctx)  # the trained models'
     rows, comparisons = [], []
@@ -178,8 +176,6 @@ def measure_compile(ctx: Context, models: dict, dit_depth: int) -> list[dict]:
     CPU, so the tiny mode uses the "aot_eager" backend (no code generation: a smoke test of the
     path). A backend that fails here is reported in the row, not raised.
     """
-    from ..sampling import SamplerConfig, sample
-
     sc, dev = ctx.scale, ctx.device
     backend = "aot_eager" if sc.name == "tiny" else "inductor"
     k = sc.speed_budgets[len(sc.speed_budgets) // 2]
