@@ -37,9 +37,11 @@ ALL_CLASSES = "all classes (cycling)"
 UNCONDITIONAL = "unconditional"
 MAX_IMAGES = 64  # per request: one grid on the page
 MAX_WORK = 20_000  # block evaluations x images per request, FPDM and DiT (or both compared runs) together
-# The page's own defaults where they differ from SamplerConfig's: a small request (about a second on two CPU
-# cores). Precision stays SamplerConfig's fp32: bf16 moved metrics beyond their intervals (bench `precision`).
-APP_DEFAULTS = {"steps": 10, "iterations": 3, "budget": 50}
+# The page's own defaults where they differ from SamplerConfig's: a request that completes within a second on
+# two idle CPU cores (bench `speed`, the app rows: 10 x 3 took 1.04 s), on a split the landscape measured
+# (8 x 3 = 40 block evaluations, DiT: 5 steps). Precision stays SamplerConfig's fp32: bf16 moved metrics beyond
+# their intervals (bench `precision`).
+APP_DEFAULTS = {"steps": 8, "iterations": 3, "budget": 40}
 SAMPLER_OPTIONS = options_of(SamplerConfig)
 WORK_NOTE = f"at most {MAX_WORK:,} block evaluations x images per request (FPDM and DiT together)"
 

@@ -2,6 +2,7 @@
 and one browser for every test here."""
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -148,8 +149,9 @@ def test_sliders_reuse_generate_update_images_plots_and_strips(page):
 def test_moving_the_sliders_moves_the_landscape_marker(page):
     page.wait_for_selector("#landscape-plot .js-plotly-plot", timeout=30_000)
     page.wait_for_function("document.querySelector('#landscape-answer').innerText.includes('Your split')")
-    assert marker(page) == (2, 2)  # 10 steps (third column) x 3 iterations (third row)
-    assert "10 steps x 3 iterations per step = 50 block evaluations" in page.locator("#landscape-answer").inner_text()
+    x, y = marker(page)  # the default 8 steps: between the columns of 5 and 10 (log scale); 3 iterations: third row
+    assert x == pytest.approx(1 + math.log(8 / 5) / math.log(2)) and y == 2
+    assert "8 steps x 3 iterations per step = 40 block evaluations" in page.locator("#landscape-answer").inner_text()
     set_slider_by_keys(page, "steps", 5)
     page.wait_for_function("document.querySelector('#landscape-answer').innerText.includes('5 steps x 3')")
     assert marker(page) == (1, 2)
