@@ -387,7 +387,7 @@ def test_settings_defaults_and_checkpoint_listing(ckpt_dir, monkeypatch, tmp_pat
     config, headline = aps.Settings().config, SamplerConfig()
     for key in ("cfg_scale", "spacing", "step", "eta", "reuse", "solver", "cfg_channels"):  # the kit's headline
         assert getattr(config, key) == getattr(headline, key), key
-    assert config.precision == "auto" and aps.settings_from_ui() == aps.Settings()
+    assert config.precision == headline.precision == "fp32" and aps.settings_from_ui() == aps.Settings()
     names = ac.list_checkpoints(ckpt_dir)
     assert ac.CLASSIFIER_FILE not in names and "fpdm-fm-m.safetensors" in names
     with pytest.raises(aps.ExploreError):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fpdm_core.app_settings import Settings
-from fpdm_core.bench import harness, speed
+from fpdm_core.bench import app_latency, harness, speed
 from fpdm_core.budget import CostModel
 from fpdm_core.models import PRESETS, build_model
 
@@ -89,7 +89,7 @@ def test_sampling_rows_repeat_at_most_three_times(tiny):
 def test_app_rows_time_the_default_request_and_the_memory_of_a_large_one(tiny, tiny_checkpoints):
     ctx, _ = tiny
     ctx = replace(ctx, fpdm_path=tiny_checkpoints["fpdm"], dit_path=tiny_checkpoints["dit"])
-    a = speed.measure_app(ctx)
+    a = app_latency.measure_app(ctx)
     default = Settings()
     assert a["settings"] == default.to_dict() and a["large_images"] == 2 * default.num_images
     assert len(a["warm"]) == 3 and a["cold"]["load_s"] > max(r["load_s"] for r in a["warm"])  # cached after the first
@@ -123,8 +123,8 @@ def test_steps_within_a_time_follow_the_measured_rates():
     stage = {"values": [0.05]}
     a = {"warm": [{"fpdm_steps": 10, "fpdm_block_evals": 50, "dit_depth": 8}], "per_step_s": {"fpdm": 0.1, "dit": 0.1},
          "stages_s": {"load": stage, "finish": stage}}
-    assert speed.steps_within(a, 1.0) == 5  # 0.1 outside + 5 x 0.1 FPDM + (25 // 8 = 3) x 0.1 DiT = 0.9 s
-    assert speed.steps_within(a, 0.2) is None
+    assert app_latency.steps_within(a, 1.0) == 5  # 0.1 outside + 5 x 0.1 FPDM + (25 // 8 = 3) x 0.1 DiT = 0.9 s
+    assert app_latency.steps_within(a, 0.2) is None
 
 
 def test_train_speed_script_pairs_each_step_with_the_same_step_of_the_old_code():
