@@ -1,8 +1,9 @@
 """Benchmarks that measure the paper's claims on this machine: `python -m fpdm_core.bench --help`.
 
 Layout: `harness` (modes, run context, timing, JSON, figures), `report` (RESULTS.md), `scoring`
-(image-by-image accuracy for paired intervals), `points` (one scored sampling point), `app_latency` (the
-app's request timed for `speed`), `cli` (the command line) and one module per benchmark. Each benchmark module holds its run, figure, table and verdicts together and has:
+(image-by-image accuracy for paired intervals), `points` (one scored sampling point), `app_latency`
+(the app's request, timed for `speed`), `cli` (the command line) and one module per benchmark. Each
+benchmark module holds its run, figure, table and verdicts together and has:
 
     NAME: str              # sub-command, JSON `<out>/bench/NAME.json`, figure `<out>/NAME.png`
     TITLE: str             # heading in RESULTS.md
