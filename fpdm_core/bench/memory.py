@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from .. import train  # noqa: F401 - every import happens before memstep's baseline
 from ..diffusion import GaussianDiffusion
@@ -120,9 +121,6 @@ def _reset_peak_rss() -> bool:
 
 def _warm_up(device: torch.device) -> None:
     """Run torch's lazy set-up before the baseline: the first AdamW step alone imports ~800 modules (~70 MB)."""
-    from torch.utils.checkpoint import checkpoint
-
-
     block = DiTBlock(8, 2, 4.0).to(device)
     x = torch.randn(2, 4, 8, device=device, requires_grad=True)  # (B, N, D)
     c = torch.randn(2, 8, device=device)  # (B, D)
