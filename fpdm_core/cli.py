@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .options import Option
+
 EXIT_BAD_INPUT = 2
 MAX_SEED = 2**32 - 1  # torch's CPU generator keeps the low 32 bits: seeds 0 and 2**32 draw the same noise
 
@@ -43,30 +45,13 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def int_in(lo: int, hi: int | None = None) -> Callable[[str], int]:
-    """argparse type: an integer in lo..hi (hi None: no upper limit)."""
-    def parse(text: str) -> int:
-        value = int(text)  # a ValueError reads "invalid int value: 'x'", as for type=int
-        if value < lo or (hi is not None and value > hi):
-            raise argparse.ArgumentTypeError(f"must be an integer in {lo}..{hi}, got {value}" if hi is not None
-                                             else f"must be an integer >= {lo}, got {value}")
-        return value
-
-    parse.__name__ = "int"
-    return parse
+    """argparse type: an integer in lo..hi (hi None: no upper limit); the check is `options.Option`'s."""
+    return Option("", lo=lo, hi=hi, type=int).argparse_type()
 
 
 def float_in(lo: float, hi: float = math.inf, *, lo_open: bool = False) -> Callable[[str], float]:
-    """argparse type: a finite number in [lo, hi] ((lo, hi] with lo_open)."""
-    def parse(text: str) -> float:
-        value = float(text)  # a ValueError reads "invalid float value: 'x'", as for type=float
-        low_ok = value > lo if lo_open else value >= lo
-        if not (math.isfinite(value) and low_ok and value <= hi):
-            bounds = f"{'>' if lo_open else '>='} {lo}" + (f" and <= {hi}" if hi < math.inf else "")
-            raise argparse.ArgumentTypeError(f"must be a finite number {bounds}, got {text!r}")
-        return value
-
-    parse.__name__ = "float"
-    return parse
+    """argparse type: a finite number in [lo, hi] ((lo, hi] with lo_open); the check is `options.Option`'s."""
+    return Option("", lo=lo, hi=None if hi == math.inf else hi, lo_open=lo_open, type=float).argparse_type()
 
 
 def threads_type() -> Callable[[str], int]:

@@ -102,10 +102,18 @@ class Option:
     def parse(self, text: str):
         """argparse type: the flag's text as a number within the limits (ArgumentTypeError otherwise)."""
         value = self.type(text)  # a ValueError reads "invalid int value: 'x'", as for type=int
-        problem = self.problem(value)
-        if problem is not None:
-            raise argparse.ArgumentTypeError(problem)
+        if self.problem(value) is not None:  # a float is quoted as typed ('1e400', not inf)
+            raise argparse.ArgumentTypeError(f"must be {self.range_text()}, got "
+                                             f"{value if self.type is int else repr(text)}")
         return value
+
+    def argparse_type(self):
+        """`parse` named after the plain type, since argparse says 'invalid <type.__name__> value'."""
+        def typed(text: str):
+            return self.parse(text)
+
+        typed.__name__ = self.type.__name__
+        return typed
 
     def ui_bounds(self, step: float | None = None) -> tuple[float, float | None]:
         """A slider's closed (lo, hi): an open limit moves in by one step (`step`, else `ui_step`, else 1)."""
@@ -168,22 +176,13 @@ def add_arguments(parser, cls, *, title: str | None = None) -> None:
         elif opt.choices:
             kw["choices"] = opt.choices
         elif opt.numeric:
-            kw["type"] = _named(opt.parse, opt.type.__name__)
+            kw["type"] = opt.argparse_type()
             kw["help"] = f"{opt.help}; {opt.range_text()}"
         if opt.when is not None:
             field, value = opt.when
-            flag = "--" + field.replace("_", "-")
+            flag = options_of(cls)[field].flag
             kw["help"] += f" [only without {flag}]" if value is None else f" [only with {flag} {value}]"
         group.add_argument(opt.flag, **kw)
-
-
-def _named(parse, name: str):
-    """argparse says 'invalid <type.__name__> value': give the bound parser the plain type's name."""
-    def typed(text: str):
-        return parse(text)
-
-    typed.__name__ = name
-    return typed
 
 
 def from_args(cls, namespace: argparse.Namespace, parser: argparse.ArgumentParser | None = None):
