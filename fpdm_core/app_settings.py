@@ -194,8 +194,9 @@ def controls(class_choice_list: list[str]) -> dict[str, Control]:
     return {o.name: control_for(o, tuple(class_choice_list) if o.name == "class_choice" else ()) for o in ordered}
 
 
-DEFAULTS = {name: c.value for name, c in controls([]).items()}  # every control's value when the page opens
-NONE_IS_ZERO = {name: c.none_is_zero for name, c in controls([]).items()}
+_PAGE = controls([])
+DEFAULTS = {name: c.value for name, c in _PAGE.items()}  # every control's value when the page opens
+NONE_IS_ZERO = {name: c.none_is_zero for name, c in _PAGE.items()}
 
 
 # ----------------------------------------------------------------------------- raw values -> settings
