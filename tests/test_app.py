@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -612,12 +613,25 @@ def test_server_eight_clients_then_fuzzed_api_calls(ckpt_dir, tmp_path):
 
     # one torch thread, as this process (conftest): the same numbers as the direct calls
     with launcher.running_app(ckpt_dir, extra_args=["--threads", "1", "--landscape", str(LANDSCAPE)]) as url:
+        retried: list[BaseException] = []
+
+        def predict(client, request):
+            """One call; a keep-alive connection the server closed as the client reused it (an httpx/uvicorn race,
+            no fault of the app) is retried once, and counted."""
+            for attempt in (0, 1):
+                try:
+                    return client.predict(**{**API, **request}, api_name="/generate")
+                except httpx.RemoteProtocolError as e:
+                    if attempt:
+                        raise
+                    retried.append(e)
+
         def client_thread(c):
             try:
                 client = Client(url, verbose=False, analytics_enabled=False, download_files=str(tmp_path / f"c{c}"))
                 for j in range(len(requests)):
                     k = (c + j) % len(requests)  # clients ask in different orders
-                    results[c, k] = dict(zip(names, client.predict(**{**API, **requests[k]}, api_name="/generate")))
+                    results[c, k] = dict(zip(names, predict(client, requests[k])))
             except BaseException as e:  # reported below
                 errors.append(e)
 
@@ -628,6 +642,7 @@ def test_server_eight_clients_then_fuzzed_api_calls(ckpt_dir, tmp_path):
             t.join(150)
         assert not any(t.is_alive() for t in threads), "clients did not finish in time"
         assert not errors, errors
+        assert len(retried) <= 2, retried  # a rare race, not a pattern
 
         import urllib.request
 
