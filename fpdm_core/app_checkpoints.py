@@ -147,6 +147,17 @@ def load_cached(path: str | Path, device: str = "cpu", weights: str = "ema") -> 
         return _load_listed(str(path.resolve()), st.st_mtime_ns, st.st_size, str(device), weights)
 
 
+def disk_loads() -> int:
+    """How many times this process has read a listed checkpoint from disk (the cache's misses)."""
+    return _load_listed.cache_info().misses
+
+
+def forget_loaded() -> None:
+    """Drop every cached checkpoint model, so the next `load_cached` reads from disk (a fresh server)."""
+    with _LOAD_LOCK:
+        _load_listed.cache_clear()
+
+
 def load_upload(kind: str, path: str | Path, name: str, device: str = "cpu") -> dict[str, Loaded]:
     """An uploaded checkpoint loaded into memory, both weight sets: {"ema": Loaded, "model": Loaded}.
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from ..app_checkpoints import load_slot
+from ..app_checkpoints import disk_loads, forget_loaded, load_slot
 from ..app_figures import iterations_figure, residual_figure
 from ..app_runs import RELEASE_AFTER_WORK, explore, release_memory
 from ..app_settings import MAX_IMAGES, Settings
@@ -32,15 +32,17 @@ def app_request(ctx: Context, settings, fpdm_path: Path, dit_path: Path) -> dict
     """One request as the app's `generate` handler makes it: load both slots (cached after the first call),
     sample FPDM then DiT through `app_runs.explore`, draw the result figures, give memory back.
 
-    Returns seconds to the first live image, to each update and to completion, the work, and the RSS
-    after the last update (before `release_memory`) and after it.
+    Returns seconds to the first live image, to each update and to completion, how many checkpoints were read
+    from disk, the work, and the RSS after the last update (before `release_memory`) and after it.
     """
     device = str(ctx.device)
+    reads = disk_loads()
     start = time.perf_counter()
     fpdm = load_slot("fpdm", fpdm_path.parent, fpdm_path.name, None, device)
     dit_slot = load_slot("dit", dit_path.parent, dit_path.name, None, device)
     dit = dit_slot.model
     loaded = time.perf_counter() - start
+    reads = disk_loads() - reads
     first, updates, last = None, [], None
     for u in explore(fpdm.model, dit, settings, device=device, diffusion_config=fpdm.diffusion,
                      dit_diffusion_config=dit_slot.diffusion):
@@ -56,7 +58,7 @@ def app_request(ctx: Context, settings, fpdm_path: Path, dit_path: Path) -> dict
                                   + (last.dit_record.spent_block_evals if last.dit_record else 0))
     rss_after = rss_bytes()
     release_memory(work)
-    return {"load_s": loaded, "first_image_s": first, "complete_s": done, "updates": updates, "work": work,
+    return {"load_s": loaded, "disk_loads": reads, "first_image_s": first, "complete_s": done, "updates": updates, "work": work,
             "fpdm_steps": len(last.fpdm_record.steps), "dit_steps": len(last.dit_record.steps) if last.dit_record else 0,
             "fpdm_block_evals": last.fpdm_record.spent_block_evals, "dit_depth": dit.config.depth,
             "rss_after_request": rss_after, "rss_after_release": rss_bytes()}
@@ -85,6 +87,7 @@ def measure_app(ctx: Context) -> dict:
     default = Settings()
     large = replace(default, num_images=MAX_IMAGES if ctx.scale.name != "tiny" else 2 * default.num_images)
     log(f"speed: the app's default request ({default.num_images} images), then one of {large.num_images}")
+    forget_loaded()  # the cold request reads both files, as a fresh server's first one does
     cold = app_request(ctx, default, paths["fpdm"], paths["dit"])
     warm = [app_request(ctx, default, paths["fpdm"], paths["dit"]) for _ in range(max(ctx.repeats, 3))]
     release_memory(RELEASE_AFTER_WORK)  # what the bench's earlier parts left goes back first, as in a fresh server
