@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 
+from .options import check_fields, option
+
 BETA_SCHEDULES = ("linear", "cosine")
 SPACINGS = ("leading", "trailing", "linspace")
 PREDICTIONS = ("epsilon", "v")
@@ -26,21 +28,16 @@ LINEAR_MIN_TIMESTEPS = 21  # the linear schedule's last beta is 20 / T, which mu
 class DiffusionConfig:
     """The diffusion process a model is trained and sampled with (DiT's: linear, T = 1000, epsilon)."""
 
-    num_timesteps: int = 1000
-    beta_schedule: str = "linear"  # a name from BETA_SCHEDULES
-    prediction: str = "epsilon"  # a name from PREDICTIONS: what the network regresses
+    num_timesteps: int = option(1000, "diffusion timesteps T (stored in the checkpoint: sampling uses the same "
+                                "process)", lo=1, hi=MAX_TIMESTEPS, app=None)
+    beta_schedule: str = option("linear", "noise schedule", choices=BETA_SCHEDULES, app=None)
+    prediction: str = option("epsilon", "what the network regresses", choices=PREDICTIONS, app=None)
 
     def __post_init__(self):
-        t = self.num_timesteps
-        if isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= MAX_TIMESTEPS:
-            raise ValueError(f"num_timesteps must be an integer in [1, {MAX_TIMESTEPS}], got {t!r}")
-        if self.beta_schedule not in BETA_SCHEDULES:
-            raise ValueError(f"unknown beta schedule {self.beta_schedule!r}; expected one of {BETA_SCHEDULES}")
-        if self.prediction not in PREDICTIONS:
-            raise ValueError(f"unknown prediction {self.prediction!r}; expected one of {PREDICTIONS}")
-        if self.beta_schedule == "linear" and t < LINEAR_MIN_TIMESTEPS:
-            raise ValueError(f"linear schedule needs num_timesteps > 20 (last beta = 20/T), got {t}: use more "
-                             f"timesteps or the cosine schedule")
+        check_fields(self)
+        if self.beta_schedule == "linear" and self.num_timesteps < LINEAR_MIN_TIMESTEPS:
+            raise ValueError(f"linear schedule needs num_timesteps > 20 (last beta = 20/T), got "
+                             f"{self.num_timesteps}: use more timesteps or the cosine schedule")
 
     def to_dict(self) -> dict:
         return asdict(self)

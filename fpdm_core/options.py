@@ -163,8 +163,9 @@ def check_fields(obj) -> None:
         opt.check(getattr(obj, name), f"{type(obj).__name__}.{name}")
 
 
-def add_arguments(parser, cls, *, title: str | None = None) -> None:
-    """One flag per declared field of `cls` (in declaration order), its default the field's default.
+def add_arguments(parser, cls, *, title: str | None = None):
+    """One flag per declared field of `cls` (in declaration order), its default the field's default; returns
+    the argument group (`title`) or the parser the flags went to.
 
     Booleans get --x / --no-x; choices become argparse choices; numbers a type that checks the limits.
     """
@@ -183,6 +184,7 @@ def add_arguments(parser, cls, *, title: str | None = None) -> None:
             flag = options_of(cls)[field].flag
             kw["help"] += f" [only without {flag}]" if value is None else f" [only with {flag} {value}]"
         group.add_argument(opt.flag, **kw)
+    return group
 
 
 def from_args(cls, namespace: argparse.Namespace, parser: argparse.ArgumentParser | None = None):

@@ -26,17 +26,17 @@ import torch
 from torch.utils.checkpoint import checkpoint as recompute
 from tqdm.auto import tqdm
 
-from . import cli, distributed
+from . import cli, distributed, options
 from .checkpoints import (CheckpointError, check_resumable, load_checkpoint, remove_stale_temp_files,
                           restore_training, save_checkpoint)
-from .data import DATASETS, load_dataset
-from .devices import PRECISIONS, autocast, pick_device, resolve_precision
-from .diffusion import BETA_SCHEDULES, MAX_TIMESTEPS, PREDICTIONS, DiffusionConfig, GaussianDiffusion
+from .data import load_dataset
+from .devices import autocast, pick_device, resolve_precision
+from .diffusion import DiffusionConfig, GaussianDiffusion
 from .latent_shards import read_latents_info
-from .models import FPDM, PRESETS, build_model, solve_outside_autocast
+from .models import FPDM, build_model, solve_outside_autocast
 from .plots import residual_curves, save_grid
 from .sampling import SamplerConfig, sample
-from .train_config import GRADIENTS, TrainConfig
+from .train_config import TrainConfig
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 
@@ -354,71 +354,40 @@ def model_override(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(f"{text!r}: the value must be a number or true/false") from None
 
 
-def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
-    d = TrainConfig.__dataclass_fields__
+def build_parser() -> argparse.ArgumentParser:
+    """The flags: the run's own, one per declared field of `TrainConfig` and `DiffusionConfig`, and the
+    overrides and iteration ranges (their shapes are not a single value)."""
     p = cli.ArgumentParser(prog="python -m fpdm_core.train", description=__doc__,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--run-dir", required=True, help="folder for checkpoint, metrics and samples")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly where it stopped")
     p.add_argument("--force", action="store_true",
                    help="start a new run in a --run-dir that holds an earlier one (deletes its checkpoint and metrics)")
-    p.add_argument("--model", default=d["model"].default, choices=sorted(PRESETS), help="model preset")
-    p.add_argument("--model-override", dest="model_overrides", action="append", type=model_override, metavar="KEY=VALUE",
-                   help="replace a field of the preset, e.g. --model-override pre_depth=2 (repeatable)")
-    dd = DiffusionConfig()
-    p.add_argument("--num-timesteps", type=cli.int_in(1, MAX_TIMESTEPS), default=dd.num_timesteps,
-                   help="diffusion timesteps T (stored in the checkpoint: sampling uses the same process)")
-    p.add_argument("--beta-schedule", default=dd.beta_schedule, choices=BETA_SCHEDULES, help="noise schedule")
-    p.add_argument("--prediction", default=dd.prediction, choices=PREDICTIONS, help="what the network regresses")
-    p.add_argument("--timestep-cond-pre-post", action="store_true", help="FPDM: condition pre/post blocks on t too")
-    p.add_argument("--dataset", default=d["dataset"].default, choices=DATASETS)
-    p.add_argument("--data-dir", default=None,
-                   help="dataset folder (Fashion-MNIST IDX files, your image folder, or latents from "
-                        "`python -m fpdm_core.latents encode`)")
-    p.add_argument("--subset", type=cli.int_in(1), default=None, help="use only the first N training images")
-    p.add_argument("--batch-size", type=int, default=d["batch_size"].default)
-    p.add_argument("--lr", type=cli.float_in(0.0, lo_open=True), default=d["lr"].default, help="AdamW learning rate")
-    p.add_argument("--weight-decay", type=cli.float_in(0.0), default=d["weight_decay"].default)
-    p.add_argument("--warmup-steps", type=cli.int_in(0), default=d["warmup_steps"].default, help="linear lr warm-up")
-    p.add_argument("--grad-clip", type=cli.float_in(0.0, lo_open=True), default=d["grad_clip"].default,
-                   help="max gradient norm")
-    p.add_argument("--ema-decay", type=cli.float_in(0.0, 1.0), default=d["ema_decay"].default)
-    p.add_argument("--no-ema-warmup", dest="ema_warmup", action="store_false",
-                   help="use --ema-decay from the first step (default: min(decay, (1+step)/(10+step)))")
-    p.add_argument("--gradient", default=d["gradient"].default, choices=GRADIENTS,
-                   help="FPDM gradient: sjfb (stochastic JFB), jfb (n_grad = 1), full (backprop through all iterations)")
-    p.add_argument("--no-grad-iters", type=int, nargs=2, default=d["no_grad_iters"].default, metavar=("A", "B"),
-                   help="n_no_grad ~ U{A..B}")
-    p.add_argument("--grad-iters", type=int, nargs=2, default=d["grad_iters"].default, metavar=("C", "D"),
-                   help="n_grad ~ U{C..D}")
-    p.add_argument("--recompute", action="store_true", help="recompute gradient iterations in backward (less memory)")
-    p.add_argument("--grad-checkpoint", action="store_true",
-                   help="recompute the explicit blocks (DiT blocks, FPDM pre/post blocks) in backward (less memory)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the fixed-point map (FPDM) or the model (DiT); first steps are slow")
-    p.add_argument("--no-tf32", dest="tf32", action="store_false", help="CUDA: keep float32 matmuls in full float32")
-    p.add_argument("--precision", default=d["precision"].default, choices=PRECISIONS,
-                   help="auto = bf16 autocast on CUDA and on CPUs with AMX")
-    p.add_argument("--device", default=d["device"].default, help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=cli.threads_type(), default=None, help="torch CPU threads")
-    p.add_argument("--seed", type=cli.int_in(0, cli.MAX_SEED), default=d["seed"].default,
-                   help="0..2**32-1 (torch's generator keeps 32 bits)")
-    p.add_argument("--max-steps", type=cli.int_in(1), default=None, help="stop after this many training steps in all")
-    p.add_argument("--max-minutes", type=cli.float_in(0.0, lo_open=True), default=None,
-                   help="wall-clock limit of this sitting")
-    p.add_argument("--log-every", type=int, default=d["log_every"].default)
-    p.add_argument("--sample-every", type=int, default=d["sample_every"].default, help="0 = never")
-    p.add_argument("--save-every", type=int, default=d["save_every"].default)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    g = options.add_arguments(p, TrainConfig, title="training (fpdm_core.train_config.TrainConfig)")
+    g.add_argument("--model-override", dest="model_overrides", action="append", type=model_override,
+                   metavar="KEY=VALUE", help="replace a field of the preset, e.g. --model-override pre_depth=2 "
+                                             "(repeatable)")
+    g.add_argument("--no-grad-iters", type=int, nargs=2, default=TrainConfig.no_grad_iters, metavar=("A", "B"),
+                   help="n_no_grad ~ U{A..B}")
+    g.add_argument("--grad-iters", type=int, nargs=2, default=TrainConfig.grad_iters, metavar=("C", "D"),
+                   help="n_grad ~ U{C..D}")
+    options.add_arguments(p, DiffusionConfig, title="diffusion process (stored in the checkpoint: sampling uses it)")
+    return p
+
+
+def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
+    """The run's config and the parsed flags; a bad flag or config ends in one stderr line and exit code 2."""
+    p = build_parser()
     a = p.parse_args(argv)
-    fields = {k: getattr(a, k) for k in d if hasattr(a, k)}
-    fields["no_grad_iters"], fields["grad_iters"] = tuple(a.no_grad_iters), tuple(a.grad_iters)
-    fields["model_overrides"] = dict(a.model_overrides or [])
     if a.resume and a.force:
         p.error("--resume continues the run in --run-dir, --force replaces it: give one of them")
+    declared = {name: getattr(a, name) for name in options.options_of(TrainConfig)}
     try:
-        fields["diffusion"] = DiffusionConfig(a.num_timesteps, a.beta_schedule, a.prediction)
-        cfg = TrainConfig(**fields)
+        cfg = TrainConfig(**declared, diffusion=options.from_args(DiffusionConfig, a),
+                          model_overrides=dict(a.model_overrides or []),
+                          no_grad_iters=tuple(a.no_grad_iters), grad_iters=tuple(a.grad_iters))
     except ValueError as e:
         p.error(str(e))
     return cfg, a

@@ -268,8 +268,8 @@ def test_a_file_without_a_diffusion_config_gets_the_default(tmp_path):
 
 
 @pytest.mark.parametrize("diffusion, message", [
-    ({"num_timesteps": 10**12}, "num_timesteps must be an integer in"),
-    ({"beta_schedule": "sigmoid"}, "unknown beta schedule 'sigmoid'"),
+    ({"num_timesteps": 10**12}, "DiffusionConfig.num_timesteps must be an integer in"),
+    ({"beta_schedule": "sigmoid"}, "DiffusionConfig.beta_schedule must be one of linear, cosine; got 'sigmoid'"),
     ({"prediction": "v", "sampler": "ddim"}, r"unknown diffusion config field\(s\) \['sampler'\]"),
     ("linear", "expected a JSON object, got str"),
 ])

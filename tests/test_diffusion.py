@@ -234,13 +234,13 @@ def test_defaults_are_declared_once_and_explicit_betas_have_no_config():
 
 
 @pytest.mark.parametrize("fields, match", [
-    (dict(num_timesteps=0), r"num_timesteps must be an integer in \[1, 100000\], got 0"),
+    (dict(num_timesteps=0), r"DiffusionConfig.num_timesteps must be an integer in 1..100000, got 0"),
     (dict(num_timesteps=MAX_TIMESTEPS + 1), "num_timesteps must be an integer"),
     (dict(num_timesteps=True), "num_timesteps must be an integer"),
     (dict(num_timesteps=2.0), "num_timesteps must be an integer"),
     (dict(num_timesteps=20), "linear schedule needs num_timesteps > 20"),
-    (dict(beta_schedule="quadratic"), "unknown beta schedule 'quadratic'"),
-    (dict(prediction="x0"), "unknown prediction 'x0'"),
+    (dict(beta_schedule="quadratic"), "beta_schedule must be one of linear, cosine; got 'quadratic'"),
+    (dict(prediction="x0"), "prediction must be one of epsilon, v; got 'x0'"),
 ])
 def test_config_refuses_bad_values(fields, match):
     with pytest.raises(ValueError, match=match):

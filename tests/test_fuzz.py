@@ -24,6 +24,7 @@ from fpdm_core.budget import CostModel, Split, splits_for_budget, timestep_smoot
 from fpdm_core.checkpoints import FORMAT, CheckpointError, atomic_save, load_model, save_checkpoint
 from fpdm_core.diffusion import BETA_SCHEDULES, MAX_TIMESTEPS, PREDICTIONS
 from fpdm_core.models import LIMITS, PRESETS, ModelConfig, build_model
+from fpdm_core.train_config import GRADIENTS
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = PRESETS["FPDM-tiny"].to_dict()
@@ -285,7 +286,7 @@ TRAIN_FLAGS = {
     "--threads": bad_ints(1, CPUS), "--seed": bad_ints(0, 2**32 - 1), "--lr": bad_floats(0.0, lo_open=True),
     "--weight-decay": bad_floats(0.0), "--warmup-steps": bad_ints(0), "--grad-clip": bad_floats(0.0, lo_open=True),
     "--ema-decay": bad_floats(0.0, 1.0), "--batch-size": bad_ints(1), "--log-every": bad_ints(1),
-    "--save-every": bad_ints(1), "--model": bad_choice(sorted(PRESETS)), "--gradient": bad_choice(train.GRADIENTS),
+    "--save-every": bad_ints(1), "--model": bad_choice(sorted(PRESETS)), "--gradient": bad_choice(GRADIENTS),
     "--num-timesteps": bad_ints(1, MAX_TIMESTEPS), "--beta-schedule": bad_choice(BETA_SCHEDULES),
     "--prediction": bad_choice(PREDICTIONS),
 }

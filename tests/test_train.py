@@ -1,8 +1,10 @@
 """S-JFB training: gradient paths, iteration draws, recompute, loss, exact resume, the command line."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
+import math
 import os
 import struct
 import subprocess
@@ -20,7 +22,8 @@ from fpdm_core.data import to_uint8
 from fpdm_core.diffusion import DiffusionConfig, GaussianDiffusion
 from fpdm_core.models import FPDM, PRESETS, build_model
 from fpdm_core.sampling import SamplerConfig, sample
-from fpdm_core.train import TrainConfig, Trainer, draw_iterations, fpdm_train_forward, main, train
+from fpdm_core.options import options_of
+from fpdm_core.train import TrainConfig, Trainer, build_parser, draw_iterations, fpdm_train_forward, main, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -211,18 +214,63 @@ def test_jfb_gradient_differs_from_full_backprop():
 
 # ----------------------------------------------------------------------------- config
 @pytest.mark.parametrize("fields, message", [
-    (dict(model="FPDM-XXL"), "unknown model preset"),
-    (dict(gradient="bptt"), "unknown gradient .bptt.; choose one of"),
+    (dict(model="FPDM-XXL"), "TrainConfig.model must be one of DiT-FM-M, .*; got 'FPDM-XXL'"),
+    (dict(gradient="bptt"), "TrainConfig.gradient must be one of sjfb, jfb, full; got 'bptt'"),
     (dict(grad_iters=(0, 3)), "grad_iters must be a range"),
     (dict(no_grad_iters=(3, 1)), "no_grad_iters must be a range"),
-    (dict(batch_size=0), "batch_size"),
-    (dict(lr=0.0), "lr > 0"),
+    (dict(batch_size=0), "TrainConfig.batch_size must be an integer >= 1, got 0"),
+    (dict(lr=0.0), r"TrainConfig.lr must be a finite number > 0.0, got 0.0"),
+    (dict(ema_decay=1.5), r"TrainConfig.ema_decay must be a finite number >= 0.0 and <= 1.0, got 1.5"),
 ])
 def test_bad_train_config_is_refused(fields, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{"max_steps": 1, **fields})
     with pytest.raises(ValueError, match="give --max-steps or --max-minutes"):
         TrainConfig()
+
+
+TRAIN_OPTS = {**options_of(TrainConfig), **options_of(DiffusionConfig)}
+SHAPED = {"model_overrides", "diffusion", "no_grad_iters", "grad_iters"}  # flags of their own shape
+
+
+def test_the_train_command_line_has_each_declared_field_with_its_default_help_and_choices():
+    assert {f.name for f in dataclasses.fields(TrainConfig)} - set(TRAIN_OPTS) == SHAPED
+    actions = {a.dest: a for a in build_parser()._actions}
+    assert SHAPED - {"diffusion"} <= set(actions)
+    for name, opt in TRAIN_OPTS.items():
+        a = actions[name]
+        assert opt.flag in a.option_strings and a.default == opt.default and opt.help in a.help, name
+        assert tuple(a.choices or ()) == opt.choices, name
+
+
+def _limit_edges(opt):
+    """(value, accepted) at each declared limit and one representable step beyond it."""
+    out = []
+    for limit, is_open, outward in ((opt.lo, opt.lo_open, -1), (opt.hi, opt.hi_open, 1)):
+        if limit is not None:
+            beyond = limit + outward if opt.type is int else math.nextafter(limit, outward * math.inf)
+            out += [(opt.type(limit), not is_open), (opt.type(beyond), False)]
+    return out
+
+
+@pytest.mark.parametrize("name", [name for name, opt in TRAIN_OPTS.items() if opt.numeric])
+def test_each_training_limit_is_the_same_for_the_config_and_its_flag(name):
+    opt = TRAIN_OPTS[name]
+    for value, accepted in _limit_edges(opt):
+        try:
+            if name in options_of(DiffusionConfig):
+                DiffusionConfig(beta_schedule="cosine", **{name: value})  # cosine: any T
+            else:
+                TrainConfig(**{"max_minutes" if name == "max_steps" else "max_steps": 1, name: value})
+            library = True
+        except ValueError:
+            library = False
+        try:
+            build_parser().parse_args(["--run-dir", "x", opt.flag, repr(value)])
+            flag = True
+        except SystemExit:
+            flag = False
+        assert (library, flag) == (accepted, accepted), (name, value)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -303,7 +351,7 @@ def test_the_shipped_checkpoints_report_their_training_config():
 @pytest.mark.parametrize("meta, message", [
     ({"train": {"model": "FPDM-tiny", "max_steps": 1, "optimizer": "sgd"}}, r"unknown training config field\(s\) \['optimizer'\]"),
     ({"train": {"model": "FPDM-tiny", "max_steps": 1, "diffusion": {}}}, "unknown training config field"),
-    ({"train": {"model": "FPDM-tiny", "max_steps": 1}, "diffusion": {"prediction": "x0"}}, "unknown prediction"),
+    ({"train": {"model": "FPDM-tiny", "max_steps": 1}, "diffusion": {"prediction": "x0"}}, "prediction must be one of"),
 ])
 def test_unreadable_training_metadata_is_refused(meta, message):
     with pytest.raises(ValueError, match=message):
@@ -401,7 +449,8 @@ def test_cli_with_a_bad_flag_exits_2_with_a_message(tmp_path):
     (["--max-steps", "1", "--grad-iters", "0", "3"], "grad_iters must be a range"),
     (["--max-steps", "1", "--no-grad-iters", "4"], "expected 2 arguments"),
     (["--max-steps", "x"], "invalid int value: 'x'"),
-    (["--max-steps", "1", "--batch-size", "0"], "batch_size must be >= 1"),
+    (["--max-steps", "1", "--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got 0"),
+    (["--max-steps", "1", "--num-timesteps", "10"], "linear schedule needs num_timesteps > 20"),
     ([], "give --max-steps or --max-minutes"),
 ])
 def test_main_refuses_bad_flags_with_exit_status_2(tmp_path, capsys, flags, message):
@@ -414,7 +463,7 @@ def test_main_refuses_bad_flags_with_exit_status_2(tmp_path, capsys, flags, mess
 def test_main_refuses_zero_logging_intervals(tmp_path, fake_data, capsys, flag):
     with pytest.raises(SystemExit) as e:
         main(_cli(tmp_path / "r", fake_data, "--max-steps", "2", flag, "0"))
-    assert e.value.code == 2 and flag.strip("-").replace("-", "_") in capsys.readouterr().err
+    assert e.value.code == 2 and f"argument {flag}: must be an integer >= 1, got 0" in capsys.readouterr().err
 
 
 def test_main_model_override_flags(tmp_path, fake_data, capsys):
