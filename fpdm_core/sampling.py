@@ -143,9 +143,9 @@ class SamplerStep(NamedTuple):
     record: StepRecord
 
 
-def plan_for(model: DiT | FPDM, config: SamplerConfig, num_timesteps: int = NUM_TIMESTEPS) -> Plan:
-    """The plan `config` asks of `model` (at most `num_timesteps` steps, the diffusion's); ValueError for a budget
-    that gives a step more than MAX_ITERATIONS."""
+def plan_for(model: DiT | FPDM, config: SamplerConfig, num_timesteps: int) -> Plan:
+    """The plan `config` asks of `model` under a diffusion of `num_timesteps` (at most that many steps); ValueError
+    for a budget that gives a step more than MAX_ITERATIONS."""
     plan = make_plan(CostModel.of(model.config), steps=config.steps, iterations=config.iterations,
                      budget=config.budget, allocation=config.allocation, min_iterations=config.min_iterations,
                      num_timesteps=num_timesteps)

@@ -237,10 +237,10 @@ def test_a_budget_that_plans_too_many_iterations_per_step_is_refused(fpdm):
     from fpdm_core.sampling import MAX_ITERATIONS, plan_for
 
     explicit = fpdm.config.pre_depth + fpdm.config.post_depth
-    assert max(plan_for(fpdm, SamplerConfig(budget=explicit + MAX_ITERATIONS, steps=1)).iterations) == MAX_ITERATIONS
+    assert max(plan_for(fpdm, SamplerConfig(budget=explicit + MAX_ITERATIONS, steps=1), 1000).iterations) == MAX_ITERATIONS
     with pytest.raises(ValueError, match=f"more than the limit {MAX_ITERATIONS}: lower the budget to at most "
                                          f"{explicit + MAX_ITERATIONS} for 1 steps"):
-        plan_for(fpdm, SamplerConfig(budget=explicit + MAX_ITERATIONS + 1, steps=1))
+        plan_for(fpdm, SamplerConfig(budget=explicit + MAX_ITERATIONS + 1, steps=1), 1000)
 
 
 def test_sample_many_pairs_noise_by_seed_and_batch(fpdm, dit, diffusion):

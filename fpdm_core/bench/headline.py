@@ -106,7 +106,7 @@ def run(ctx: Context) -> Path:
         for b in budgets:
             scored = {}
             for name, model, cfg in variants(models, best, b, depth, fields):
-                plan = plan_for(model, cfg)
+                plan = plan_for(model, cfg, ev.diffusion.num_timesteps)
                 if plan.budget > b * depth or (name == "DiT-16" and b * depth < model.config.depth):
                     rows.append({"variant": name, "method": method, "cfg_scale": cfg_scale, "budget_dit_steps": b,
                                  "skipped": f"one step of {name} costs more than {b * depth} block evaluations"})

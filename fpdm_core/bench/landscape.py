@@ -58,7 +58,7 @@ def run(ctx: Context) -> Path:
         for m in st["rules"]:
             cfg = SamplerConfig(budget=b * depth, min_iterations=m)
             try:
-                plan = plan_for(fpdm, cfg)
+                plan = plan_for(fpdm, cfg, ev.diffusion.num_timesteps)
             except ValueError as e:
                 rules.append({"budget_dit_steps": b, "min_iterations": m, "skipped": str(e)})
                 continue

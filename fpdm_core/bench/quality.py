@@ -77,7 +77,7 @@ def run(ctx: Context) -> Path:
             rows.append(row)
             cfg = SamplerConfig(budget=budget, **fields)
             try:
-                plan = plan_for(models[kind][0], cfg)
+                plan = plan_for(models[kind][0], cfg, diffusion.num_timesteps)
             except ValueError as e:  # a budget too small for this variant
                 row["skipped"] = str(e)
                 continue
