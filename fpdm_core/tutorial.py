@@ -28,6 +28,7 @@ from .bench import headline
 from .checkpoints import SHIPPED, load_checkpoint, load_pipeline
 from .diffusion import GaussianDiffusion
 from .models import DiT, FPDM, ModelConfig
+from .options import options_of
 from .plots import image_grid, residual_matrix
 from .sampling import SampleRecord, SamplerConfig, new_record, sample, sample_progressive
 from .solvers import NonFiniteError
@@ -247,6 +248,40 @@ def explorer_config(mode: str, budget: int, steps: int, iterations: int, allocat
     if mode == EXPLORER_MODES[1]:
         return SamplerConfig(budget=budget, steps=steps, **kw)
     return SamplerConfig(steps=steps, iterations=iterations, **kw)
+
+
+EXPLORER_STEP_RANGE = (1, 100)  # teaching ranges of the explorer's sliders, inside SamplerConfig's declared limits
+EXPLORER_ITERATION_RANGE = (1, 30)
+EXPLORER_BUDGET_FLOOR, EXPLORER_BUDGET_STEP = 8, 4  # block evaluations
+EXPLORER_TOLERANCES = (("off", 0.0), ("1e-1", 1e-1), ("1e-2", 1e-2), ("1e-3", 1e-3), ("1e-4", 1e-4))
+
+
+def explorer_controls(*, mode: str, budget: int, max_budget: int, steps: int, iterations: int,
+                      tol: bool = False) -> dict:
+    """The explorer's ipywidgets, keyed as `explorer_config` takes them. Choices and defaults are
+    `SamplerConfig`'s declared ones; `tol` adds a tolerance menu, without which the adaptive allocation
+    (it needs a tolerance) is left out. Slider ranges are teaching ranges inside the declared limits."""
+    import ipywidgets as widgets
+
+    opts = options_of(SamplerConfig)
+    allocations = [a for a in opts["allocation"].choices if tol or a != "adaptive"]
+
+    def slider(name: str, value: int, lo: int, hi: int, step: int = 1):
+        return widgets.IntSlider(value=value, min=lo, max=hi, step=step, continuous_update=False, description=name)
+
+    def menu(name: str, options, value, description: str | None = None):
+        return widgets.Dropdown(options=options, value=value, description=description or name)
+
+    controls = {"mode": menu("mode", EXPLORER_MODES, mode, "set by"),
+                "budget": slider("budget", budget, EXPLORER_BUDGET_FLOOR, max_budget, EXPLORER_BUDGET_STEP),
+                "steps": slider("steps", steps, *EXPLORER_STEP_RANGE),
+                "iterations": slider("iterations", iterations, *EXPLORER_ITERATION_RANGE),
+                "allocation": menu("allocation", allocations, opts["allocation"].default),
+                "reuse": widgets.Checkbox(value=opts["reuse"].default, description="reuse"),
+                "solver": menu("solver", opts["solver"].choices, opts["solver"].default)}
+    if tol:
+        controls["tol"] = menu("tol", EXPLORER_TOLERANCES, 0.0)
+    return controls
 
 
 def explorer_figure(model: FPDM, diffusion, config: SamplerConfig, *, n_images: int = 10, seed: int = 0, device="cpu"):

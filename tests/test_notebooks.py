@@ -21,6 +21,8 @@ import yaml
 from conftest import HAVE_FMNIST
 from fpdm_core import toy_problems, tutorial
 from fpdm_core.diffusion import DiffusionConfig
+from fpdm_core.options import options_of
+from fpdm_core.sampling import SamplerConfig
 from fpdm_core.solvers import NonFiniteError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -165,6 +167,23 @@ def test_live_figure_shows_a_picture_a_sentence_and_no_widget_repr():
     assert tutorial.safe_draw(draw, {"x": 2.0}) == (None, "**Could not draw these settings:** the iterates overflowed")
     slider.value = 2.0  # a live change redraws through the display handles, and an error becomes a sentence
     assert calls[-1] == 2.0 and shown == {"values": {"x": 2.0}, "sentence": "**Could not draw these settings:** the iterates overflowed"}
+
+
+@pytest.mark.parametrize("tol", [False, True])
+def test_explorer_controls_offer_the_declared_choices_inside_the_declared_limits(tol):
+    pytest.importorskip("ipywidgets")
+    opts = options_of(SamplerConfig)
+    c = tutorial.explorer_controls(mode=tutorial.EXPLORER_MODES[2], budget=60, max_budget=640, steps=10,
+                                   iterations=4, tol=tol)
+    assert list(c) == ["mode", "budget", "steps", "iterations", "allocation", "reuse", "solver"] + ["tol"] * tol
+    for name in ("allocation", "reuse", "solver"):
+        assert c[name].value == opts[name].default, name
+    assert tuple(c["solver"].options) == opts["solver"].choices
+    assert tuple(c["allocation"].options) == tuple(a for a in opts["allocation"].choices if tol or a != "adaptive")
+    for name in ("budget", "steps", "iterations"):
+        assert opts[name].problem(c[name].min) is None and opts[name].problem(c[name].max) is None, name
+    values = {name: w.value for name, w in c.items()}
+    assert tutorial.explorer_config(**values) == SamplerConfig(steps=10, iterations=4)  # the kit's defaults otherwise
 
 
 def test_write_html_is_offline_and_byte_stable(tmp_path):
