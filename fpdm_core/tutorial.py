@@ -269,10 +269,10 @@ def explorer_controls(*, mode: str, budget: int, max_budget: int, steps: int, it
     def slider(name: str, value: int, lo: int, hi: int, step: int = 1):
         return widgets.IntSlider(value=value, min=lo, max=hi, step=step, continuous_update=False, description=name)
 
-    def menu(name: str, options, value, description: str | None = None):
-        return widgets.Dropdown(options=options, value=value, description=description or name)
+    def menu(description: str, options, value):
+        return widgets.Dropdown(options=options, value=value, description=description)
 
-    controls = {"mode": menu("mode", EXPLORER_MODES, mode, "set by"),
+    controls = {"mode": menu("set by", EXPLORER_MODES, mode),
                 "budget": slider("budget", budget, EXPLORER_BUDGET_FLOOR, max_budget, EXPLORER_BUDGET_STEP),
                 "steps": slider("steps", steps, *EXPLORER_STEP_RANGE),
                 "iterations": slider("iterations", iterations, *EXPLORER_ITERATION_RANGE),

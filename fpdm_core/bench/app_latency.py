@@ -36,13 +36,13 @@ def app_request(ctx: Context, settings, fpdm_path: Path, dit_path: Path) -> dict
     from disk, the work, and the RSS after the last update (before `release_memory`) and after it.
     """
     device = str(ctx.device)
-    reads = disk_loads()
+    reads_before = disk_loads()
     start = time.perf_counter()
     fpdm = load_slot("fpdm", fpdm_path.parent, fpdm_path.name, None, device)
     dit_slot = load_slot("dit", dit_path.parent, dit_path.name, None, device)
     dit = dit_slot.model
     loaded = time.perf_counter() - start
-    reads = disk_loads() - reads
+    reads = disk_loads() - reads_before
     first, updates, last = None, [], None
     for u in explore(fpdm.model, dit, settings, device=device, diffusion_config=fpdm.diffusion,
                      dit_diffusion_config=dit_slot.diffusion):
